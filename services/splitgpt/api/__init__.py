@@ -1,0 +1,1 @@
+"""The HTTP API gateway (FastAPI) over the tokenizer and coordinator services."""

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPLITGPT_API_", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tokenizer_address: str = "127.0.0.1:50051"
+    coordinator_address: str = "127.0.0.1:50050"
+    request_timeout_s: float = 300.0
+    rpc_timeout_s: float = 10.0
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    cache_ttl_s: int = 3600
+    cache_max_entries: int = 1024
+    cors_origins: list[str] = ["http://localhost:5173", "http://127.0.0.1:5173"]
+    log_level: str = "INFO"

@@ -1,0 +1,67 @@
+"""`splitgpt`: one console script for every service, the local launcher and tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE = """splitgpt <command> [options]
+
+commands:
+  up           run the whole stack locally (tokenizer, coordinator, nodes, API)
+  node         serve one partition of the model
+  tokenizer    serve the tokenizer
+  coordinator  drive generation across the nodes
+  api          serve the HTTP API gateway
+  tiny-model   write a small random GPT-2 checkpoint for offline use
+"""
+
+
+def tiny_model(argv: list[str]) -> None:
+    from .core.tiny_model import GPT2_SMALL, write_checkpoint
+
+    p = argparse.ArgumentParser(prog="splitgpt tiny-model", description="Write a small random GPT-2 checkpoint.")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--positions", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpt2-small", action="store_true", help="GPT-2-small geometry (124 M parameters, random)")
+    args = p.parse_args(argv)
+    geometry = (
+        GPT2_SMALL
+        if args.gpt2_small
+        else dict(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads, n_positions=args.positions)
+    )
+    write_checkpoint(args.directory, seed=args.seed, **geometry)
+    print(f"wrote a random GPT-2 checkpoint ({geometry}) to {args.directory}; use MODEL_ID={args.directory}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "up":
+        from .launcher import main as run
+    elif command == "node":
+        from .shells.node_service import main as run
+    elif command == "tokenizer":
+        from .shells.tokenizer_service import main as run
+    elif command == "coordinator":
+        from .shells.coordinator_service import main as run
+    elif command == "api":
+        from .api.main import main as run
+    elif command == "tiny-model":
+        run = tiny_model
+    else:
+        print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    run(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Transport-free core: model math, caches, sampling, scheduling, routing.
+
+Nothing in this package imports grpc, fastapi or protobuf.
+"""

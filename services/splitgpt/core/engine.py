@@ -1,0 +1,355 @@
+"""The coordinator's generation engine: iteration-level scheduling over the chain.
+
+Every iteration takes all running sequences as one batch through partition
+0..N-1 (Orca-style: a request joins at the next iteration and leaves as soon
+as it finishes). A sequence without a cached input (new, or refused by a node
+that lost its cache) is prefilled: its whole history is embedded and run from
+position 0, which is also how a replay rebuilds the caches.
+
+The engine talks to nodes through `NodeClient`; the gRPC shell provides it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .node_engine import StepInput, StepOutput
+from .routing import NoHealthyReplica, Replica, Router
+from .sampling import SamplingSpec
+
+log = logging.getLogger(__name__)
+
+
+class NodeClient(Protocol):
+    async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]: ...
+    async def step(self, inputs: list[StepInput]) -> list[StepOutput]: ...
+    async def release(self, session_ids: list[str]) -> None: ...
+
+
+class CacheRefused(Exception):
+    """A node does not hold a session where the step expects it (FAILED_PRECONDITION)."""
+
+
+class NodeFailed(Exception):
+    """A node could not be reached, timed out, or failed the call."""
+
+
+class GenerationError(Exception):
+    """A request that cannot be served. `kind`: invalid | unavailable | internal."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    min_tokens: int = 0
+    sampling: SamplingSpec = SamplingSpec()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class PartitionTiming:
+    partition: int
+    node_id: str
+    ms: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    logprob: float
+    index: int
+    partitions: list[PartitionTiming]
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    finish_reason: str  # "length" | "eos"
+    prompt_tokens: int
+    completion_tokens: int
+    inference_ms: float
+    partitions: list[PartitionTiming]
+
+
+Event = TokenEvent | FinishEvent
+
+
+@dataclass(eq=False)
+class _Sequence:
+    req: GenerationRequest
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    chain: list[Replica] | None = None
+    generated: list[int] = field(default_factory=list)
+    position: int = 0  # positions the chain's caches hold
+    next_input: torch.Tensor | None = None  # None: (re)prefill the whole history
+    replays: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    step_ms: dict[int, float] = field(default_factory=dict)  # this iteration, per partition
+    total_ms: dict[int, float] = field(default_factory=dict)
+    done: bool = False
+
+    @property
+    def session_id(self) -> str:
+        return self.req.request_id
+
+    @property
+    def history(self) -> list[int]:
+        return self.req.prompt_ids + self.generated
+
+
+class GenerationEngine:
+    def __init__(
+        self,
+        router: Router,
+        client_for: Callable[[Replica], NodeClient],
+        eos_token_id: int,
+        n_ctx: int,
+        vocab_size: int,
+        max_batch_size: int = 64,
+        max_replays: int = 3,
+    ) -> None:
+        self.router = router
+        self.client_for = client_for
+        self.eos_token_id = eos_token_id
+        self.n_ctx = n_ctx
+        self.vocab_size = vocab_size
+        self.max_batch_size = max_batch_size
+        self.max_replays = max_replays
+        self._waiting: list[_Sequence] = []
+        self._running: list[_Sequence] = []
+        self._wake = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    # -- public ---------------------------------------------------------------
+
+    def validate(self, req: GenerationRequest) -> None:
+        if not req.prompt_ids:
+            raise GenerationError("invalid", "the prompt has no tokens")
+        bad = [t for t in req.prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise GenerationError("invalid", f"token ids {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
+        if req.max_tokens < 1:
+            raise GenerationError("invalid", "max_tokens must be at least 1")
+        excess = len(req.prompt_ids) + req.max_tokens - self.n_ctx
+        if excess > 0:
+            raise GenerationError(
+                "invalid",
+                f"prompt ({len(req.prompt_ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the context of "
+                f"{self.n_ctx} by {excess}: shorten the prompt or lower max_tokens",
+            )
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Event]:
+        """Token events, then one FinishEvent; raises GenerationError.
+
+        Closing the iterator early (a client that went away) cancels the
+        sequence and frees its caches on every node.
+        """
+        self.validate(req)
+        self._ensure_loop()
+        seq = _Sequence(req)
+        self._waiting.append(seq)
+        self._wake.set()
+        try:
+            while True:
+                event = await seq.events.get()
+                if isinstance(event, Exception):
+                    raise event
+                yield event
+                if isinstance(event, FinishEvent):
+                    return
+        finally:
+            if not seq.done:
+                self._finish(seq)
+
+    @property
+    def running(self) -> int:
+        return len(self._running) + len(self._waiting)
+
+    async def close(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in list(self._background):
+            task.cancel()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._run(), name="generation-loop")
+
+    async def _run(self) -> None:
+        while True:
+            if not self._running and not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+            room = self.max_batch_size - len(self._running)
+            self._running += self._waiting[:room]
+            del self._waiting[:room]
+            batch = [s for s in self._running if not s.done]
+            try:
+                await self._iteration(batch)
+            except Exception as exc:  # keep serving others; these requests get the error
+                log.exception("iteration failed")
+                for seq in batch:
+                    self._fail(seq, GenerationError("internal", f"generation failed: {exc}"))
+            self._running = [s for s in self._running if not s.done]
+
+    async def _iteration(self, batch: list[_Sequence]) -> None:
+        for seq in batch:
+            seq.step_ms = {}
+            if seq.chain is None:
+                try:
+                    seq.chain = self.router.chain()
+                except NoHealthyReplica as exc:
+                    self._fail(seq, GenerationError("unavailable", str(exc)))
+        batch = [s for s in batch if not s.done]
+        inputs = await self._inputs(batch)
+        for partition in range(self.router.num_partitions):
+            if not inputs:
+                return
+            inputs = await self._run_partition(partition, inputs)
+        for seq, out in inputs.items():
+            self._accept(seq, out)
+
+    async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, StepInput]:
+        """Each sequence's input to partition 0: its next token's embedding, or
+        its whole history embedded from position 0 (a prefill or a replay)."""
+        inputs: dict[_Sequence, StepInput] = {}
+        prefill = [s for s in batch if s.next_input is None]
+        for replica, group in _group(prefill, lambda s: s.chain[-1]).items():
+            try:
+                hidden = await self.client_for(replica).embed([(s.history, 0) for s in group])
+            except NodeFailed as exc:
+                self._node_failed(replica, group, exc)
+                continue
+            for seq, h in zip(group, hidden, strict=True):
+                seq.position = 0
+                inputs[seq] = StepInput(seq.session_id, 0, h, self._sampling(seq))
+        for seq in batch:
+            if seq.next_input is not None:
+                inputs[seq] = StepInput(seq.session_id, seq.position, seq.next_input, self._sampling(seq))
+        return inputs
+
+    async def _run_partition(self, partition: int, inputs: dict[_Sequence, StepInput]) -> dict:
+        groups = _group(list(inputs), lambda s: s.chain[partition])
+        calls = [self._step_group(partition, replica, group, inputs) for replica, group in groups.items()]
+        out: dict = {}
+        for result in await asyncio.gather(*calls):
+            out.update(result)
+        return out
+
+    async def _step_group(self, partition: int, replica: Replica, group: list[_Sequence], inputs) -> dict:
+        started = time.perf_counter()
+        replica.in_flight += len(group)
+        try:
+            outputs = await self.client_for(replica).step([inputs[s] for s in group])
+        except CacheRefused as exc:
+            for seq in group:
+                self._replay(seq, f"{replica.node_id} refused the step: {exc}")
+            return {}
+        except NodeFailed as exc:
+            self._node_failed(replica, group, exc)
+            return {}
+        finally:
+            replica.in_flight -= len(group)
+        ms = (time.perf_counter() - started) * 1000
+        last = partition == self.router.num_partitions - 1
+        result = {}
+        for seq, x, out in zip(group, (inputs[s] for s in group), outputs, strict=True):
+            seq.step_ms[partition] = ms
+            seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
+            if last:
+                seq.position = x.position + x.hidden.shape[0]
+                result[seq] = out
+            else:
+                result[seq] = dataclasses.replace(x, hidden=out.hidden)
+        return result
+
+    # -- per sequence ---------------------------------------------------------
+
+    def _sampling(self, seq: _Sequence) -> SamplingSpec:
+        if not seq.req.ignore_eos and len(seq.generated) < seq.req.min_tokens:
+            return dataclasses.replace(seq.req.sampling, suppress=(self.eos_token_id,))
+        return seq.req.sampling
+
+    def _accept(self, seq: _Sequence, out: StepOutput) -> None:
+        if seq.done:  # cancelled while the step was in flight
+            return
+        seq.next_input = out.next_input
+        token = out.token_id
+        if token == self.eos_token_id and not seq.req.ignore_eos:
+            self._finish(seq, "eos")
+            return
+        seq.generated.append(token)
+        timings = [PartitionTiming(p, seq.chain[p].node_id, ms) for p, ms in sorted(seq.step_ms.items())]
+        seq.events.put_nowait(TokenEvent(token, out.logprob, len(seq.generated) - 1, timings))
+        if len(seq.generated) >= seq.req.max_tokens or len(seq.history) >= self.n_ctx:
+            self._finish(seq, "length")
+
+    def _replay(self, seq: _Sequence, why: str) -> None:
+        seq.replays += 1
+        if seq.replays > self.max_replays:
+            self._fail(seq, GenerationError("unavailable", f"gave up after {self.max_replays} replays: {why}"))
+            return
+        log.info("replaying %s from position 0 (%s)", seq.session_id, why)
+        seq.next_input = None
+
+    def _node_failed(self, replica: Replica, group: list[_Sequence], exc: Exception) -> None:
+        log.warning("%s failed: %s", replica.node_id, exc)
+        for seq in group:
+            self._fail(seq, GenerationError("unavailable", f"partition {replica.partition} node {replica.node_id} failed: {exc}"))
+
+    def _fail(self, seq: _Sequence, exc: GenerationError) -> None:
+        if not seq.done:
+            seq.events.put_nowait(exc)
+            self._finish(seq)
+
+    def _finish(self, seq: _Sequence, reason: str | None = None) -> None:
+        if seq.done:
+            return
+        seq.done = True
+        if seq in self._waiting:
+            self._waiting.remove(seq)
+        if reason is not None:
+            partitions = [PartitionTiming(p, seq.chain[p].node_id, ms) for p, ms in sorted(seq.total_ms.items())]
+            seq.events.put_nowait(
+                FinishEvent(
+                    finish_reason=reason,
+                    prompt_tokens=len(seq.req.prompt_ids),
+                    completion_tokens=len(seq.generated),
+                    inference_ms=(time.perf_counter() - seq.started) * 1000,
+                    partitions=partitions,
+                )
+            )
+        if seq.chain is not None:
+            task = asyncio.create_task(self._release(seq.chain, seq.session_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release(self, chain: list[Replica], session_id: str) -> None:
+        for replica in chain:
+            try:
+                await self.client_for(replica).release([session_id])
+            except NodeFailed as exc:  # its TTL frees it anyway
+                log.debug("release on %s failed: %s", replica.node_id, exc)
+
+
+def _group(seqs: list[_Sequence], key: Callable[[_Sequence], Replica]) -> dict[Replica, list[_Sequence]]:
+    groups: dict[Replica, list[_Sequence]] = {}
+    for seq in seqs:
+        groups.setdefault(key(seq), []).append(seq)
+    return groups

@@ -1,0 +1,172 @@
+"""A contiguous slice of GPT-2's transformer blocks, run for a batch of sequences.
+
+Selective batching (Orca): the linear layers and layer norms run once over the
+tokens of every sequence of the step, packed into one [tokens, d] matrix;
+attention runs per sequence against that sequence's own KV history, so no
+padding is computed. The math follows GPT-2 exactly (Conv1D is x @ W + b,
+pre-LN blocks, the model's own activation and scaling), so the chain of
+partitions gives the same hidden states as one Hugging Face process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config
+from transformers.activations import ACT2FN
+
+from .checkpoint import CheckpointIndex, load_config, partition_tensor_names
+from .kv_cache import SessionKV
+
+
+@dataclass(frozen=True)
+class Block:
+    ln_1: tuple[torch.Tensor, torch.Tensor]
+    c_attn: tuple[torch.Tensor, torch.Tensor]  # (weight [d, 3d], bias)
+    attn_proj: tuple[torch.Tensor, torch.Tensor]
+    ln_2: tuple[torch.Tensor, torch.Tensor]
+    c_fc: tuple[torch.Tensor, torch.Tensor]
+    mlp_proj: tuple[torch.Tensor, torch.Tensor]
+    attn_scale: float
+
+
+class GPT2Partition:
+    def __init__(
+        self,
+        config: GPT2Config,
+        start: int,
+        end: int,
+        holds_head: bool,
+        tensors: dict[str, torch.Tensor],
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not 0 <= start < end <= config.n_layer:
+            raise ValueError(f"blocks [{start}, {end}) outside the model's {config.n_layer}")
+        self.config = config
+        self.start, self.end = start, end
+        self.holds_head = holds_head
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.hidden_size = config.n_embd
+        self.n_heads = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.eps = config.layer_norm_epsilon
+        self.act = ACT2FN[config.activation_function]
+        t = {k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}
+        self.tensor_names = sorted(t)
+        self.blocks = [self._block(t, i) for i in range(start, end)]
+        if holds_head:
+            self.wte, self.wpe = t["wte.weight"], t["wpe.weight"]
+            self.ln_f = (t["ln_f.weight"], t["ln_f.bias"])
+            self.lm_head = t.get("lm_head.weight", self.wte)
+        self._params = t
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model_dir,
+        start: int,
+        end: int,
+        holds_head: bool,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> GPT2Partition:
+        config = load_config(model_dir)
+        index = CheckpointIndex(model_dir)
+        names = partition_tensor_names(config, start, end, holds_head, index)
+        return cls(config, start, end, holds_head, index.read(names), device, dtype)
+
+    def _block(self, t: dict[str, torch.Tensor], i: int) -> Block:
+        p = f"h.{i}."
+        scale = self.head_dim**-0.5 if self.config.scale_attn_weights else 1.0
+        if self.config.scale_attn_by_inverse_layer_idx:
+            scale /= float(i + 1)
+        pair = lambda name: (t[p + name + ".weight"], t[p + name + ".bias"])  # noqa: E731
+        return Block(
+            ln_1=pair("ln_1"),
+            c_attn=pair("attn.c_attn"),
+            attn_proj=pair("attn.c_proj"),
+            ln_2=pair("ln_2"),
+            c_fc=pair("mlp.c_fc"),
+            mlp_proj=pair("mlp.c_proj"),
+            attn_scale=scale,
+        )
+
+    @property
+    def n_local_layers(self) -> int:
+        return self.end - self.start
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(v.numel() for v in self._params.values())
+
+    @property
+    def parameter_bytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self._params.values())
+
+    @torch.inference_mode()
+    def embed(self, token_ids: list[int], position: int) -> torch.Tensor:
+        """wte[token] + wpe[position]: [len, d]."""
+        if not self.holds_head:
+            raise RuntimeError("only the last partition holds the embedding")
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        positions = torch.arange(position, position + len(token_ids), device=self.device)
+        return self.wte[ids] + self.wpe[positions]
+
+    @torch.inference_mode()
+    def forward(self, hidden: list[torch.Tensor], caches: list[SessionKV]) -> list[torch.Tensor]:
+        """Run the blocks over each sequence's new rows ([len_i, d]), appending to its cache.
+
+        Returns each sequence's output rows. Caches are written but not
+        committed: the caller commits once the whole step has succeeded.
+        """
+        lengths = [h.shape[0] for h in hidden]
+        x = torch.cat([h.to(device=self.device, dtype=self.dtype) for h in hidden])
+        for local, block in enumerate(self.blocks):
+            x = x + self._attention(local, block, F.layer_norm(x, (self.hidden_size,), *block.ln_1, self.eps), lengths, caches)
+            h = F.layer_norm(x, (self.hidden_size,), *block.ln_2, self.eps)
+            h = self.act(_linear(h, block.c_fc))
+            x = x + _linear(h, block.mlp_proj)
+        return list(torch.split(x, lengths))
+
+    def _attention(
+        self, local: int, block: Block, x: torch.Tensor, lengths: list[int], caches: list[SessionKV]
+    ) -> torch.Tensor:
+        d, nh, hd = self.hidden_size, self.n_heads, self.head_dim
+        q, k, v = _linear(x, block.c_attn).split(d, dim=1)
+        outputs = []
+        offset = 0
+        for n, cache in zip(lengths, caches, strict=True):
+            rows = slice(offset, offset + n)
+            offset += n
+            qs = q[rows].view(n, nh, hd).transpose(0, 1)
+            keys, values = cache.append(local, k[rows].view(n, nh, hd).transpose(0, 1), v[rows].view(n, nh, hd).transpose(0, 1))
+            past = keys.shape[1] - n
+            if n == 1:
+                mask, causal = None, False  # one new query sees the whole history
+            elif past == 0:
+                mask, causal = None, True
+            else:  # a chunk after a cached prefix: query i sees keys up to past + i
+                mask = torch.ones(n, past + n, dtype=torch.bool, device=self.device).tril(past)
+                causal = False
+            out = F.scaled_dot_product_attention(
+                qs.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+                attn_mask=mask, is_causal=causal, scale=block.attn_scale,
+            )  # fmt: skip
+            outputs.append(out[0].transpose(0, 1).reshape(n, d))
+        return _linear(torch.cat(outputs), block.attn_proj)
+
+    @torch.inference_mode()
+    def logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """ln_f and the (tied) head on final hidden rows [B, d] -> [B, vocab]."""
+        h = F.layer_norm(last_hidden.to(self.dtype), (self.hidden_size,), *self.ln_f, self.eps)
+        return h @ self.lm_head.T
+
+
+def _linear(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    # GPT-2's Conv1D: weight is [in, out]; addmm as Hugging Face computes it.
+    weight, bias = wb
+    return torch.addmm(bias, x, weight)

@@ -1,0 +1,46 @@
+"""Tensors to raw bytes and back, the wire form of hidden states."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class TensorFormatError(ValueError):
+    pass
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise TensorFormatError(f"unsupported dtype {name!r}; use one of {sorted(DTYPES)}") from None
+
+
+def encode(t: torch.Tensor) -> tuple[bytes, str, list[int]]:
+    t = t.detach().contiguous().cpu()
+    # Through uint8 so bfloat16, which numpy lacks, takes the same path.
+    return t.view(torch.uint8).numpy().tobytes(), DTYPE_NAMES[t.dtype], list(t.shape)
+
+
+def decode(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+    torch_dtype = dtype_from_name(dtype)
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    expected = math.prod(shape) * itemsize
+    if len(data) != expected:
+        raise TensorFormatError(f"tensor of shape {list(shape)} {dtype} needs {expected} bytes, got {len(data)}")
+    if expected == 0:
+        return torch.empty(shape, dtype=torch_dtype)
+    with warnings.catch_warnings():
+        # frombuffer warns that bytes are read-only; we copy before any write.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(data, dtype=torch_dtype).reshape(shape).clone()

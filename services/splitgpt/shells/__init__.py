@@ -1,0 +1,1 @@
+"""Thin gRPC/HTTP shells over the transport-free core in `splitgpt.core`."""

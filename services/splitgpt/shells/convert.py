@@ -1,0 +1,34 @@
+"""Protobuf <-> core types, shared by the servers and the clients."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import tensors
+from ..core.sampling import SamplingSpec
+from ..rpc import common_pb2
+
+
+def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
+    data, dtype, shape = tensors.encode(t)
+    return common_pb2.Tensor(data=data, dtype=dtype, shape=shape)
+
+
+def tensor_from_proto(t: common_pb2.Tensor) -> torch.Tensor:
+    return tensors.decode(t.data, t.dtype, list(t.shape))
+
+
+def sampling_to_proto(s: SamplingSpec) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed, suppress_token_ids=list(s.suppress)
+    )
+
+
+def sampling_from_proto(p: common_pb2.SamplingParams) -> SamplingSpec:
+    return SamplingSpec(
+        temperature=p.temperature,
+        top_k=p.top_k,
+        top_p=p.top_p if p.top_p > 0 else 1.0,
+        seed=p.seed if p.HasField("seed") else None,
+        suppress=tuple(p.suppress_token_ids),
+    )

@@ -1,0 +1,238 @@
+"""The coordinator: health-checks the nodes and drives generation through them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..core.cluster_config import ClusterConfig
+from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
+from ..core.partitioning import PartitionError, resolve_split
+from ..core.routing import Replica, Router
+from ..logs import configure
+from ..rpc import coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from .cli_settings import settings_from_cli
+from .convert import sampling_from_proto
+from .grpc_runtime import GrpcServer, probe_health
+from .node_client import GrpcNodeClient
+
+log = logging.getLogger("splitgpt.coordinator")
+SERVICE_NAME = "splitgpt.v1.Coordinator"
+STATUS_CODES = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+
+class CoordinatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPLITGPT_COORDINATOR_", populate_by_name=True)
+
+    model_id: str = Field("gpt2", validation_alias="MODEL_ID")
+    cluster_config: Path = Path("cluster.json")
+    host: str = "127.0.0.1"
+    port: int = 50050
+    health_interval_s: float = 1.0
+    probe_timeout_s: float = 1.0
+    step_timeout_s: float = 60.0
+    max_batch_size: int = 64
+    log_level: str = "INFO"
+
+
+class Cluster:
+    """The configured replicas, kept current by grpc.health.v1 probes."""
+
+    def __init__(self, config: ClusterConfig, settings: CoordinatorSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.router = Router(config.num_partitions, [Replica(n.id, n.address, n.partition) for n in config.nodes])
+        self.clients = {r.node_id: GrpcNodeClient(r.address, settings.step_timeout_s) for r in self.router.replicas}
+        self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
+        self.changed = asyncio.Event()
+
+    def client_for(self, replica: Replica) -> GrpcNodeClient:
+        return self.clients[replica.node_id]
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(r) for r in self.router.replicas))
+        self.changed.set()
+
+    async def _probe(self, replica: Replica) -> None:
+        client = self.clients[replica.node_id]
+        status = await probe_health(client.channel, timeout_s=self.settings.probe_timeout_s)
+        if status != "SERVING":
+            replica.layers = None  # re-check what it serves when it comes back
+        elif replica.layers is None:
+            status = await self._check_identity(replica, client)
+        if status != replica.status:
+            log.info("%s (%s, partition %d): %s -> %s", replica.node_id, replica.address, replica.partition, replica.status, status)
+        replica.status = status
+
+    async def _check_identity(self, replica: Replica, client: GrpcNodeClient) -> str:
+        """A node must serve the blocks this config gives its partition."""
+        try:
+            info = await client.info(self.settings.probe_timeout_s)
+        except Exception as exc:
+            log.warning("%s: Info failed: %s", replica.node_id, exc)
+            return "UNREACHABLE"
+        try:
+            expected = resolve_split(
+                self.config.split, info.n_layer, self.config.num_partitions, info.vocab_size, info.hidden_size
+            )[replica.partition]
+        except PartitionError as exc:
+            log.error("cluster config split: %s", exc)
+            return "MISCONFIGURED"
+        if (info.start_block, info.end_block) != expected or info.num_partitions != self.config.num_partitions:
+            log.error(
+                "%s serves blocks [%d, %d) of %d partitions; the config expects [%d, %d) of %d",
+                replica.node_id, info.start_block, info.end_block, info.num_partitions,
+                *expected, self.config.num_partitions,
+            )  # fmt: skip
+            return "MISCONFIGURED"
+        replica.layers = (info.start_block, info.end_block)
+        if info.holds_head:
+            self.model = info
+        return "SERVING"
+
+    def ready(self) -> bool:
+        return self.model is not None and self.router.ready()
+
+    async def watch(self) -> None:
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(self.settings.health_interval_s)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients.values()))
+
+
+def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTiming]:
+    return [coordinator_pb2.PartitionTiming(partition=t.partition, node_id=t.node_id, ms=t.ms) for t in items]
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, cluster: Cluster, settings: CoordinatorSettings) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.engine: GenerationEngine | None = None  # built once the model is known
+
+    def _engine(self) -> GenerationEngine | None:
+        if self.engine is None and self.cluster.model is not None:
+            m = self.cluster.model
+            self.engine = GenerationEngine(
+                self.cluster.router,
+                self.cluster.client_for,
+                eos_token_id=m.eos_token_id,
+                n_ctx=m.n_ctx,
+                vocab_size=m.vocab_size,
+                max_batch_size=self.settings.max_batch_size,
+            )
+        return self.engine
+
+    async def Generate(self, request, context):
+        engine = self._engine()
+        if engine is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is still starting: no partition node is SERVING yet")
+        req = GenerationRequest(
+            request_id=request.request_id,
+            prompt_ids=list(request.prompt_ids),
+            max_tokens=request.max_tokens,
+            min_tokens=request.min_tokens,
+            sampling=sampling_from_proto(request.sampling),
+            ignore_eos=request.ignore_eos,
+        )
+        try:
+            async with contextlib.aclosing(engine.generate(req)) as events:
+                async for event in events:
+                    if isinstance(event, FinishEvent):
+                        yield coordinator_pb2.GenerateEvent(
+                            finish=coordinator_pb2.FinishEvent(
+                                finish_reason=event.finish_reason,
+                                prompt_tokens=event.prompt_tokens,
+                                completion_tokens=event.completion_tokens,
+                                inference_ms=event.inference_ms,
+                                partitions=_timings(event.partitions),
+                            )
+                        )
+                    else:
+                        yield coordinator_pb2.GenerateEvent(
+                            token=coordinator_pb2.TokenEvent(
+                                token_id=event.token_id,
+                                logprob=event.logprob,
+                                index=event.index,
+                                partitions=_timings(event.partitions),
+                            )
+                        )
+        except GenerationError as exc:
+            await context.abort(STATUS_CODES[exc.kind], str(exc))
+
+    async def GetModelInfo(self, request, context):
+        m = self.cluster.model
+        if m is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is not known yet: no last-partition node is SERVING")
+        return coordinator_pb2.ModelInfo(
+            model_id=m.model_id,
+            n_ctx=m.n_ctx,
+            vocab_size=m.vocab_size,
+            eos_token_id=m.eos_token_id,
+            n_layer=m.n_layer,
+            num_partitions=self.cluster.config.num_partitions,
+        )
+
+    async def GetCluster(self, request, context):
+        nodes = []
+        for r in self.cluster.router.replicas:
+            start, end = r.layers or (0, 0)
+            nodes.append(
+                coordinator_pb2.NodeState(
+                    id=r.node_id, address=r.address, partition=r.partition, start_block=start, end_block=end, status=r.status
+                )
+            )
+        model_id = self.cluster.model.model_id if self.cluster.model else (self.cluster.config.model or self.settings.model_id)
+        return coordinator_pb2.ClusterState(model_id=model_id, nodes=nodes)
+
+
+async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task]:
+    config = ClusterConfig.load(settings.cluster_config)
+    cluster = Cluster(config, settings)
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
+    server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, CoordinatorServicer(cluster, settings))
+    await server.start()
+    log.info("coordinator on %s:%d, %d nodes in %d partitions", settings.host, server.port, len(config.nodes), config.num_partitions)
+
+    async def follow_health() -> None:
+        watcher = asyncio.create_task(cluster.watch())
+        serving = False
+        try:
+            while True:
+                await cluster.changed.wait()
+                cluster.changed.clear()
+                if cluster.ready() != serving:
+                    serving = cluster.ready()
+                    await server.set_serving(serving)
+                    log.info("cluster %s", "ready: every partition has a SERVING node" if serving else "NOT ready")
+        finally:
+            watcher.cancel()
+            await cluster.close()
+
+    return server, asyncio.create_task(follow_health(), name="health")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = settings_from_cli(CoordinatorSettings, argv, "splitgpt coordinator", "Drive generation across the partition nodes.")
+    configure(settings.log_level)
+
+    async def run() -> None:
+        server, health = await start(settings)
+        try:
+            await server.run_until_signal()
+        finally:
+            health.cancel()
+
+    asyncio.run(run())

@@ -1,0 +1,66 @@
+"""`core.engine.NodeClient` over gRPC: one channel per node, a deadline on every call."""
+
+from __future__ import annotations
+
+import grpc
+import torch
+
+from ..core.engine import CacheRefused, NodeFailed
+from ..core.node_engine import StepInput, StepOutput
+from ..rpc import node_pb2, node_pb2_grpc
+from .convert import sampling_to_proto, tensor_from_proto, tensor_to_proto
+from .grpc_runtime import insecure_channel
+
+
+class GrpcNodeClient:
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.channel = insecure_channel(address)
+        self.stub = node_pb2_grpc.PartitionNodeStub(self.channel)
+
+    async def info(self, timeout_s: float | None = None) -> node_pb2.NodeInfo:
+        return await self._call(self.stub.Info, node_pb2.NodeInfoRequest(), timeout_s)
+
+    async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]:
+        request = node_pb2.EmbedRequest(items=[node_pb2.EmbedItem(token_ids=ids, position=pos) for ids, pos in items])
+        reply = await self._call(self.stub.Embed, request)
+        return [tensor_from_proto(h) for h in reply.hidden]
+
+    async def step(self, inputs: list[StepInput]) -> list[StepOutput]:
+        request = node_pb2.StepRequest(
+            sequences=[
+                node_pb2.SequenceStep(
+                    session_id=x.session_id,
+                    position=x.position,
+                    hidden=tensor_to_proto(x.hidden),
+                    sampling=sampling_to_proto(x.sampling),
+                )
+                for x in inputs
+            ]
+        )
+        reply = await self._call(self.stub.Step, request)
+        return [
+            StepOutput(
+                session_id=r.session_id,
+                hidden=tensor_from_proto(r.hidden) if r.HasField("hidden") else None,
+                token_id=r.token_id,
+                logprob=r.logprob,
+                next_input=tensor_from_proto(r.next_input) if r.HasField("next_input") else None,
+            )
+            for r in reply.results
+        ]
+
+    async def release(self, session_ids: list[str]) -> None:
+        await self._call(self.stub.Release, node_pb2.ReleaseRequest(session_ids=session_ids))
+
+    async def _call(self, method, request, timeout_s: float | None = None):
+        try:
+            return await method(request, timeout=timeout_s or self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise CacheRefused(exc.details()) from exc
+            raise NodeFailed(f"{self.address}: {exc.code().name}: {exc.details()}") from exc
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,195 @@
+"""The partition node: a grpc.aio shell over `core.node_engine.NodeEngine`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..core import tensors
+from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
+from ..core.gpt2_partition import GPT2Partition
+from ..core.kv_cache import CacheBudgetExceeded, CacheMiss
+from ..core.node_engine import NodeEngine, StepInput, StepInputError, resident_bytes
+from ..core.partitioning import PartitionError, resolve_split
+from ..logs import configure
+from ..rpc import node_pb2, node_pb2_grpc
+from .cli_settings import settings_from_cli
+from .convert import sampling_from_proto, tensor_from_proto, tensor_to_proto
+from .grpc_runtime import GrpcServer
+
+log = logging.getLogger("splitgpt.node")
+SERVICE_NAME = "splitgpt.v1.PartitionNode"
+
+
+class NodeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPLITGPT_NODE_", populate_by_name=True)
+
+    model_id: str = Field("gpt2", validation_alias="MODEL_ID")
+    node_id: str = "node-0"
+    partition: int = 0
+    num_partitions: int = 3
+    split: str = "even"  # "even", "balanced", or explicit "0-4,4-8,8-12"
+    host: str = "127.0.0.1"
+    port: int = 50100
+    device: str = "cpu"
+    dtype: str = "float32"
+    kv_max_tokens: int = 65536
+    kv_ttl_s: float = 600.0
+    torch_threads: int = 0  # 0: leave torch's default
+    log_level: str = "INFO"
+
+
+def load_engine(settings: NodeSettings) -> NodeEngine:
+    model_dir = resolve_model_dir(settings.model_id)
+    config = load_config(model_dir)
+    ranges = resolve_split(
+        settings.split, config.n_layer, settings.num_partitions, config.vocab_size, config.n_embd
+    )
+    if not 0 <= settings.partition < len(ranges):
+        raise PartitionError(f"partition {settings.partition} outside 0..{len(ranges) - 1}")
+    start, end = ranges[settings.partition]
+    partition = GPT2Partition.from_checkpoint(
+        model_dir,
+        start,
+        end,
+        holds_head=end == config.n_layer,
+        device=settings.device,
+        dtype=tensors.dtype_from_name(settings.dtype),
+    )
+    return NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s)
+
+
+class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
+    def __init__(self, settings: NodeSettings, executor: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self._engine: NodeEngine | None = None  # set once the weights are loaded
+        # One worker: torch work is serialised per node and never blocks the loop.
+        self.executor = executor
+
+    @property
+    def engine(self) -> NodeEngine:
+        assert self._engine is not None
+        return self._engine
+
+    def attach(self, engine: NodeEngine) -> None:
+        self._engine = engine
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _require_loaded(self, context) -> None:
+        if self._engine is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.settings.node_id} is still loading its weights")
+
+    async def Info(self, request, context):
+        await self._require_loaded(context)
+        p = self.engine.partition
+        return node_pb2.NodeInfo(
+            node_id=self.settings.node_id,
+            model_id=self.settings.model_id,
+            partition=self.settings.partition,
+            num_partitions=self.settings.num_partitions,
+            start_block=p.start,
+            end_block=p.end,
+            n_layer=p.config.n_layer,
+            holds_embedding=p.holds_head,
+            holds_head=p.holds_head,
+            device=str(p.device),
+            dtype=self.settings.dtype,
+            parameter_bytes=p.parameter_bytes,
+            parameter_count=p.parameter_count,
+            n_ctx=p.config.n_positions,
+            vocab_size=p.config.vocab_size,
+            hidden_size=p.hidden_size,
+            cached_sessions=len(self.engine.cache),
+            cached_tokens=self.engine.cache.cached_tokens,
+            resident_bytes=resident_bytes(),
+            eos_token_id=p.config.eos_token_id,
+        )
+
+    async def Embed(self, request, context):
+        await self._require_loaded(context)
+        if not self.engine.is_last:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this partition does not hold the embedding")
+        items = [(list(i.token_ids), i.position) for i in request.items]
+        try:
+            hidden = await self._run(self.engine.embed, items)
+        except StepInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return node_pb2.EmbedResponse(hidden=[tensor_to_proto(h) for h in hidden])
+
+    async def Step(self, request, context):
+        await self._require_loaded(context)
+        started = time.perf_counter()
+        try:
+            inputs = [
+                StepInput(s.session_id, s.position, tensor_from_proto(s.hidden), sampling_from_proto(s.sampling))
+                for s in request.sequences
+            ]
+            outputs = await self._run(self.engine.step, inputs)
+        except CacheMiss as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cache miss: {exc}")
+        except (StepInputError, tensors.TensorFormatError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except CacheBudgetExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        results = [
+            node_pb2.SequenceResult(
+                session_id=o.session_id,
+                hidden=tensor_to_proto(o.hidden) if o.hidden is not None else None,
+                token_id=o.token_id,
+                logprob=o.logprob,
+                next_input=tensor_to_proto(o.next_input) if o.next_input is not None else None,
+            )
+            for o in outputs
+        ]
+        return node_pb2.StepResponse(results=results, compute_ms=(time.perf_counter() - started) * 1000)
+
+    async def Release(self, request, context):
+        await self._require_loaded(context)
+        released = await self._run(self.engine.release, list(request.session_ids))
+        return node_pb2.ReleaseResponse(released=released)
+
+
+async def start(settings: NodeSettings) -> GrpcServer:
+    """Bind and report NOT_SERVING at once, load the weights, then SERVING."""
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+    servicer = PartitionNodeServicer(settings, executor)
+    server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
+    await server.start()
+    log.info("%s listening on %s:%d, loading weights", settings.node_id, settings.host, server.port)
+    engine = await asyncio.get_running_loop().run_in_executor(executor, load_engine, settings)
+    servicer.attach(engine)
+    p = engine.partition
+    log.info(
+        "%s serving blocks [%d, %d)%s of %s: %.1f M parameters, %.1f MB",
+        settings.node_id, p.start, p.end, " + embedding/head" if p.holds_head else "",
+        settings.model_id, p.parameter_count / 1e6, p.parameter_bytes / 1e6,
+    )  # fmt: skip
+    await server.set_serving(True)
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = settings_from_cli(NodeSettings, argv, "splitgpt node", "Serve one partition of the model.")
+    configure(settings.log_level)
+
+    async def run() -> None:
+        server = await start(settings)
+        await server.run_until_signal()
+
+    try:
+        asyncio.run(run())
+    except (ModelSourceError, PartitionError) as exc:
+        log.error("%s cannot start: %s", settings.node_id, exc)
+        raise SystemExit(2) from None

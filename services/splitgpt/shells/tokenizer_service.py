@@ -1,0 +1,98 @@
+"""splitgpt.v1.Tokenizer over gRPC: protobuf in, a core call, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..core.tokenization import IncrementalDecoder, TextTokenizer, load_tokenizer
+from ..logs import configure
+from ..rpc import tokenizer_pb2, tokenizer_pb2_grpc
+from .cli_settings import settings_from_cli
+from .grpc_runtime import GrpcServer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "splitgpt.v1.Tokenizer"
+
+
+class TokenizerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPLITGPT_TOKENIZER_", populate_by_name=True)
+
+    # MODEL_ID is shared with the other services, so it carries no prefix.
+    model_id: str = Field("gpt2", validation_alias="MODEL_ID", description="local directory or Hub id")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(50051, description="port to bind; 0 picks a free one")
+    log_level: str = Field("INFO", description="logging level")
+
+
+class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    async def Encode(self, request, context):
+        return tokenizer_pb2.TokenIds(ids=self.tokenizer.encode(request.text))
+
+    async def EncodeBatch(self, request, context):
+        batch = self.tokenizer.encode_batch(list(request.texts))
+        return tokenizer_pb2.EncodeBatchResponse(items=[tokenizer_pb2.TokenIds(ids=ids) for ids in batch])
+
+    async def Decode(self, request, context):
+        try:
+            text = self.tokenizer.decode(request.ids, request.skip_special_tokens)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return tokenizer_pb2.DecodeResponse(text=text)
+
+    async def DecodeBatch(self, request, context):
+        try:
+            texts = self.tokenizer.decode_batch([item.ids for item in request.items], request.skip_special_tokens)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return tokenizer_pb2.DecodeBatchResponse(texts=texts)
+
+    async def DecodeStream(self, request_iterator, context):
+        # One answer per request (possibly ""), so a client can await the text
+        # for each token it sends; one more with the held-back rest at the end.
+        decoder = IncrementalDecoder(self.tokenizer)
+        async for request in request_iterator:
+            try:
+                text = decoder.push(request.ids)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            yield tokenizer_pb2.DecodeResponse(text=text)
+        yield tokenizer_pb2.DecodeResponse(text=decoder.flush())
+
+    async def Info(self, request, context):
+        return tokenizer_pb2.TokenizerInfo(
+            source=self.tokenizer.source,
+            vocab_size=self.tokenizer.vocab_size,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+
+
+async def start(settings: TokenizerSettings) -> GrpcServer:
+    """Bind first (a taken port fails before any loading), load, then serve."""
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
+    # Reading the files, or timing out on the Hub, must not stall the loop.
+    tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
+    server.add(tokenizer_pb2_grpc.add_TokenizerServicer_to_server, TokenizerServicer(tokenizer))
+    await server.start()
+    await server.set_serving(True)
+    log.info("tokenizer serving on %s:%d, vocabulary from %s", settings.host, server.port, tokenizer.source)
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = settings_from_cli(TokenizerSettings, argv, "splitgpt tokenizer", "Serve GPT-2 tokenization.")
+    configure(settings.log_level)
+
+    async def run() -> None:
+        server = await start(settings)
+        await server.run_until_signal()
+
+    asyncio.run(run())

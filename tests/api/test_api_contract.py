@@ -1,0 +1,162 @@
+"""The REST contract against the real stack, as a user calls it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+PROMPTS = ["Hello, my name is", "The quick brown fox", "In 1969, the first", "naïve café 👋 世界"]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tiny_checkpoint):
+    return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def hf_text(hf_model, hf_tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """What one Hugging Face process generates greedily (stopping at EOS like we do)."""
+    ids = hf_tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = hf_model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=50256)
+    return hf_tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_output_equals_one_hf_process(api, hf_model, hf_tokenizer, prompt):
+    r = api.post("/api/model/process", json={"text": prompt, "max_tokens": 24})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["generated_text"] == hf_text(hf_model, hf_tokenizer, prompt, 24)
+    assert body["usage"]["prompt_tokens"] == len(hf_tokenizer(prompt)["input_ids"])
+
+
+def test_response_contract(api, stack):
+    r = api.post(
+        "/api/model/process",
+        json={"text": "Hello", "max_tokens": 5, "metadata": {"user": "u1"}, "ignore_eos": True},
+        headers={"X-Request-ID": "req-123"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) >= {"generated_text", "finish_reason", "usage", "cached", "timings", "request_id", "model"}
+    assert body["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 5}
+    assert body["request_id"] == "req-123" and body["metadata"] == {"user": "u1"}
+    assert body["cached"] is False
+    t = body["timings"]
+    assert t["total_ms"] >= t["inference_ms"] > 0 and t["tokenize_ms"] > 0
+    assert [p["partition"] for p in t["partitions"]] == [0, 1, 2]
+    assert all(p["ms"] > 0 and p["node"].startswith(f"part{p['partition']}") for p in t["partitions"])
+
+
+def read_sse(response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_stream_sends_tokens_then_done_with_the_same_text(api):
+    body = {"text": "The quick brown fox", "max_tokens": 12, "ignore_eos": True}
+    whole = api.post("/api/model/process", json=body).json()
+    with api.stream("POST", "/api/model/stream", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = read_sse(r)
+    names = [n for n, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"token"}
+    assert "".join(d["text"] for n, d in events if n == "token") == whole["generated_text"]
+    assert events[-1][1]["generated_text"] == whole["generated_text"]
+
+
+def test_stop_string_cuts_the_text(api):
+    full = api.post("/api/model/process", json={"text": "Hello, my name is", "max_tokens": 20, "ignore_eos": True}).json()
+    text = full["generated_text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    r = api.post("/api/model/process", json={"text": "Hello, my name is", "max_tokens": 20, "ignore_eos": True, "stop": [stop]})
+    body = r.json()
+    assert body["finish_reason"] == "stop"
+    assert body["generated_text"] == text[: text.index(stop)]
+
+
+def test_deterministic_results_are_cached(api):
+    body = {"text": "A cached prompt", "max_tokens": 6}
+    first = api.post("/api/model/process", json=body).json()
+    second = api.post("/api/model/process", json=body).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert second["generated_text"] == first["generated_text"]
+    assert second["request_id"] != first["request_id"]
+
+
+def test_seeded_sampling_is_repeatable_and_unseeded_is_not_cached(api):
+    body = {"text": "Once upon a time", "max_tokens": 8, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
+    a = api.post("/api/model/process", json=body).json()
+    b = api.post("/api/model/process", json=body).json()
+    assert a["generated_text"] == b["generated_text"]
+    unseeded = {**body, "seed": None}
+    assert api.post("/api/model/process", json=unseeded).json()["cached"] is False
+    assert api.post("/api/model/process", json=unseeded).json()["cached"] is False
+
+
+BAD_FIELDS = [
+    ({"text": ""}, "text"),
+    ({}, "text"),
+    ({"text": 123}, "text"),
+    ({"text": "hi", "max_tokens": "many"}, "max_tokens"),
+    ({"text": "hi", "max_tokens": 0}, "max_tokens"),
+    ({"text": "hi", "max_tokens": 129}, "max_tokens"),  # above the tiny model's context of 128
+    ({"text": "hi", "temperature": -0.1}, "temperature"),
+    ({"text": "hi", "top_p": 0}, "top_p"),
+    ({"text": "hi", "top_p": 1.5}, "top_p"),
+    ({"text": "hi", "top_k": -1}, "top_k"),
+    ({"text": "hi", "seed": -1}, "seed"),
+    ({"text": "hi", "stop": [""]}, "stop"),
+    ({"text": "hi", "max_tokens": 5, "min_tokens": 6}, "min_tokens"),
+    ({"text": "hi", "max_token": 5}, "max_token"),  # a typo is named, not ignored
+]
+
+
+@pytest.mark.parametrize("path", ["/api/model/process", "/api/model/stream"])
+@pytest.mark.parametrize("body,param", BAD_FIELDS)
+def test_invalid_fields_are_422_naming_the_field(api, path, body, param):
+    r = api.post(path, json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "validation_error" and param in error["param"]
+
+
+@pytest.mark.parametrize("path", ["/api/model/process", "/api/model/stream"])
+def test_prompt_and_max_tokens_beyond_context_is_400_saying_by_how_much(api, path):
+    prompt = " ".join(["word"] * 100)  # 100 tokens
+    r = api.post(path, json={"text": prompt, "max_tokens": 40})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "context_length_exceeded"
+    assert "by 12" in error["message"] and "at most 28" in error["message"]
+
+
+@pytest.mark.parametrize("raw", ['{"text": "hi",', "not json", '["text"]', ""])
+def test_malformed_bodies_are_4xx_json(api, raw):
+    r = api.post("/api/model/process", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert "message" in r.json()["error"]
+
+
+def test_ops_endpoints(api):
+    assert api.get("/api/health").json() == {"status": "ok"}
+    ready = api.get("/api/ready")
+    assert ready.status_code == 200
+    assert ready.json()["partitions"] == {"0": True, "1": True, "2": True}
+    nodes = api.get("/api/cluster").json()["nodes"]
+    assert [(n["partition"], n["layers"], n["status"]) for n in nodes] == [
+        (0, [0, 2], "SERVING"),
+        (1, [2, 3], "SERVING"),
+        (2, [3, 4], "SERVING"),
+    ]
+    assert api.get("/docs").status_code == 200
+    assert "/api/model/process" in api.get("/openapi.json").json()["paths"]

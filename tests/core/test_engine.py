@@ -1,0 +1,173 @@
+"""The coordinator's engine over real partition engines, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from splitgpt.core.engine import (
+    CacheRefused,
+    FinishEvent,
+    GenerationEngine,
+    GenerationError,
+    GenerationRequest,
+    TokenEvent,
+)
+from splitgpt.core.gpt2_partition import GPT2Partition
+from splitgpt.core.kv_cache import CacheMiss
+from splitgpt.core.node_engine import NodeEngine
+from splitgpt.core.partitioning import even_split
+from splitgpt.core.routing import Replica, Router
+from splitgpt.core.sampling import SamplingSpec
+
+PROMPTS = [[15496, 11, 616, 1438, 318], [464, 2068, 7586, 21831], [40, 588, 257, 1643, 286, 8887, 290]]
+
+
+class InProcessNode:
+    """`NodeClient` calling a NodeEngine directly: the same core the gRPC node wraps."""
+
+    def __init__(self, engine: NodeEngine) -> None:
+        self.engine = engine
+        self.steps = 0
+
+    async def embed(self, items):
+        return self.engine.embed(items)
+
+    async def step(self, inputs):
+        self.steps += 1
+        try:
+            return self.engine.step(inputs)
+        except CacheMiss as exc:
+            raise CacheRefused(str(exc)) from exc
+
+    async def release(self, session_ids):
+        self.engine.release(session_ids)
+
+
+@pytest.fixture
+def cluster(tiny_checkpoint):
+    ranges = even_split(4, 3)
+    nodes = {
+        f"p{i}": InProcessNode(
+            NodeEngine(GPT2Partition.from_checkpoint(tiny_checkpoint, s, e, i == 2), kv_max_tokens=4096, kv_ttl_s=600)
+        )
+        for i, (s, e) in enumerate(ranges)
+    }
+    router = Router(3, [Replica(f"p{i}", f"inproc:{i}", i, status="SERVING") for i in range(3)])
+    return nodes, router
+
+
+def make_engine(cluster, **kw) -> GenerationEngine:
+    nodes, router = cluster
+    kw = {"eos_token_id": 50256, "n_ctx": 128, "vocab_size": 50257, **kw}
+    return GenerationEngine(router, lambda r: nodes[r.node_id], **kw)
+
+
+async def collect(engine, req) -> tuple[list[int], FinishEvent]:
+    tokens = []
+    async for event in engine.generate(req):
+        if isinstance(event, TokenEvent):
+            tokens.append(event.token_id)
+        else:
+            return tokens, event
+    raise AssertionError("no finish event")
+
+
+def hf_greedy(hf_model, prompt, n):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = hf_model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=50256, eos_token_id=None
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+async def test_greedy_through_three_partitions_equals_hf(cluster, hf_model):
+    engine = make_engine(cluster)
+    for i, prompt in enumerate(PROMPTS):
+        tokens, finish = await collect(engine, GenerationRequest(f"r{i}", prompt, max_tokens=12, ignore_eos=True))
+        assert tokens == hf_greedy(hf_model, prompt, 12)
+        assert finish.finish_reason == "length" and finish.completion_tokens == 12
+        assert [t.partition for t in finish.partitions] == [0, 1, 2]
+    await engine.close()
+
+
+async def test_concurrent_requests_batch_and_match_their_solo_runs(cluster, hf_model):
+    nodes, _ = cluster
+    engine = make_engine(cluster)
+    reqs = [GenerationRequest(f"c{i}", p, max_tokens=10, ignore_eos=True) for i, p in enumerate(PROMPTS * 2)]
+    results = await asyncio.gather(*(collect(engine, r) for r in reqs))
+    for req, (tokens, _) in zip(reqs, results):
+        assert tokens == hf_greedy(hf_model, req.prompt_ids, 10)
+    # Six requests of ten tokens in far fewer than 60 steps per node: they shared steps.
+    assert nodes["p0"].steps < 30
+    await engine.close()
+
+
+@pytest.mark.parametrize("lose_after", [1, 5, 9])
+async def test_lost_cache_is_replayed_at_any_position_with_identical_output(cluster, hf_model, lose_after):
+    nodes, _ = cluster
+    engine = make_engine(cluster)
+    prompt = PROMPTS[0]
+    tokens = []
+    async for event in engine.generate(GenerationRequest("lost", prompt, max_tokens=10, ignore_eos=True)):
+        if isinstance(event, TokenEvent):
+            tokens.append(event.token_id)
+            if len(tokens) == lose_after:
+                nodes["p1"].engine.release(["lost"])  # as if evicted or restarted
+    assert tokens == hf_greedy(hf_model, prompt, 10)
+    await engine.close()
+
+
+async def test_eos_stops_unless_ignored_and_min_tokens_holds_it_back(cluster, hf_model):
+    prompt = PROMPTS[1]
+    reference = hf_greedy(hf_model, prompt, 10)
+    eos = reference[3]  # pretend the 4th greedy token is end-of-text
+    assert eos not in reference[:3]
+    tokens, finish = await collect(make_engine(cluster, eos_token_id=eos), GenerationRequest("e1", prompt, 10))
+    assert tokens == reference[:3] and finish.finish_reason == "eos" and finish.completion_tokens == 3
+
+    tokens, _ = await collect(make_engine(cluster, eos_token_id=eos), GenerationRequest("e2", prompt, 10, ignore_eos=True))
+    assert tokens == reference
+
+    tokens, _ = await collect(make_engine(cluster, eos_token_id=eos), GenerationRequest("e3", prompt, 6, min_tokens=6))
+    assert len(tokens) == 6 and eos not in tokens[:6]
+
+
+async def test_seeded_sampling_is_repeatable(cluster):
+    engine = make_engine(cluster)
+    spec = SamplingSpec(temperature=1.0, top_k=50, seed=99)
+    a, _ = await collect(engine, GenerationRequest("s1", PROMPTS[0], 10, sampling=spec, ignore_eos=True))
+    b, _ = await collect(engine, GenerationRequest("s2", PROMPTS[0], 10, sampling=spec, ignore_eos=True))
+    assert a == b
+
+
+async def test_context_overflow_and_bad_ids_are_invalid(cluster):
+    engine = make_engine(cluster)
+    with pytest.raises(GenerationError, match="by 5") as err:
+        await collect(engine, GenerationRequest("x", [1] * 100, max_tokens=33))
+    assert err.value.kind == "invalid"
+    with pytest.raises(GenerationError, match="vocabulary"):
+        await collect(engine, GenerationRequest("y", [70000], max_tokens=3))
+
+
+async def test_closing_the_stream_cancels_and_frees_every_node(cluster):
+    nodes, _ = cluster
+    engine = make_engine(cluster)
+    stream = engine.generate(GenerationRequest("gone", PROMPTS[0], max_tokens=50, ignore_eos=True))
+    async for event in stream:
+        break
+    await stream.aclose()
+    await asyncio.sleep(0.05)  # releases run in the background
+    assert all("gone" not in n.engine.cache for n in nodes.values())
+    await engine.close()
+
+
+async def test_no_serving_replica_is_unavailable(cluster):
+    nodes, router = cluster
+    router.replicas[1].status = "UNREACHABLE"
+    with pytest.raises(GenerationError, match="partition 1") as err:
+        await collect(make_engine(cluster), GenerationRequest("u", PROMPTS[0], 3))
+    assert err.value.kind == "unavailable"

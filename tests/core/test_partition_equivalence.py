@@ -1,0 +1,110 @@
+"""The chain of partitions is the Hugging Face model, split: same hidden states, same tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitgpt.core.gpt2_partition import GPT2Partition
+from splitgpt.core.kv_cache import KVCacheStore
+from splitgpt.core.partitioning import even_split
+
+PROMPTS = [
+    [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13],  # "The quick brown fox jumps over the lazy dog."
+    [15496, 11, 616, 1438, 318],  # "Hello, my name is"
+    [50256],
+    [40, 588, 257, 1643, 286, 8887, 290, 257, 1643, 286, 8887] * 3,
+]
+
+
+def load_chain(checkpoint, n_parts: int, n_layer: int = 4) -> list[GPT2Partition]:
+    ranges = even_split(n_layer, n_parts)
+    return [GPT2Partition.from_checkpoint(checkpoint, s, e, holds_head=(i == n_parts - 1)) for i, (s, e) in enumerate(ranges)]
+
+
+def caches_for(chain: list[GPT2Partition]) -> list[KVCacheStore]:
+    return [
+        KVCacheStore(p.n_local_layers, p.n_heads, p.head_dim, p.dtype, p.device, max_tokens=4096, ttl_s=600)
+        for p in chain
+    ]
+
+
+def greedy(chain, prompt: list[int], n_new: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Decode through the chain the way the coordinator does; also return partition outputs of the prefill."""
+    caches = caches_for(chain)
+    head = chain[-1]
+    x, position, tokens, boundaries = head.embed(prompt, 0), 0, [], []
+    for step in range(n_new):
+        h = x
+        for part, cache in zip(chain, caches):
+            sessions = cache.prepare([("s", position, h.shape[0])])
+            h = part.forward([h], sessions)[0]
+            sessions[0].commit(h.shape[0])
+            if step == 0:
+                boundaries.append(h)
+        position += h.shape[0]
+        token = int(head.logits(h[-1:]).argmax(-1))
+        tokens.append(token)
+        x = head.embed([token], position)
+    return tokens, boundaries
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 4])
+def test_hidden_states_and_greedy_tokens_equal_hf(tiny_checkpoint, hf_model, n_parts):
+    chain = load_chain(tiny_checkpoint, n_parts)
+    for prompt in PROMPTS:
+        with torch.no_grad():
+            hf = hf_model(torch.tensor([prompt]), output_hidden_states=True)
+            ids = torch.tensor([prompt])
+            # An explicit mask: otherwise HF takes a lone <|endoftext|> prompt for padding.
+            expected = hf_model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                pad_token_id=50256, eos_token_id=None,
+            )[0, len(prompt) :].tolist()  # fmt: skip
+        tokens, boundaries = greedy(chain, prompt, 16)
+        assert tokens == expected
+        for part, out in zip(chain[:-1], boundaries[:-1]):
+            # hidden_states[k] is the output of block k-1: the boundary after `part`.
+            torch.testing.assert_close(out, hf.hidden_states[part.end][0], rtol=1e-5, atol=1e-5)
+        # The last boundary is before ln_f: compare the logits it leads to.
+        torch.testing.assert_close(chain[-1].logits(boundaries[-1]), hf.logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_batched_step_equals_one_sequence_at_a_time(tiny_checkpoint):
+    """Selective batching: sequences of different lengths in one step give what each gives alone."""
+    chain = load_chain(tiny_checkpoint, 2)
+    head = chain[-1]
+    alone = [greedy(chain, p, 8)[0] for p in PROMPTS]
+
+    caches = caches_for(chain)
+    ids = [f"s{i}" for i in range(len(PROMPTS))]
+    xs = [head.embed(p, 0) for p in PROMPTS]
+    positions = [0] * len(PROMPTS)
+    together = [[] for _ in PROMPTS]
+    for _ in range(8):
+        hs = xs
+        for part, cache in zip(chain, caches):
+            sessions = cache.prepare([(sid, pos, h.shape[0]) for sid, pos, h in zip(ids, positions, hs)])
+            hs = part.forward(hs, sessions)
+            for s, h in zip(sessions, hs):
+                s.commit(h.shape[0])
+        positions = [pos + h.shape[0] for pos, h in zip(positions, hs)]
+        tokens = head.logits(torch.cat([h[-1:] for h in hs])).argmax(-1).tolist()
+        for out, t in zip(together, tokens):
+            out.append(t)
+        xs = [head.embed([t], pos) for t, pos in zip(tokens, positions)]
+    assert together == alone
+
+
+def test_chunk_after_cached_prefix_equals_full_prefill(tiny_checkpoint):
+    """A prompt fed in two chunks (the second attending to the cached first) matches one prefill."""
+    (part,) = load_chain(tiny_checkpoint, 1)
+    prompt = PROMPTS[0]
+    x = part.embed(prompt, 0)
+    (cache,) = caches_for([part])
+    full = part.forward([x], cache.prepare([("a", 0, len(prompt))]))[0]
+    s = cache.prepare([("b", 0, 4)])
+    first = part.forward([x[:4]], s)[0]
+    s[0].commit(4)
+    second = part.forward([x[4:]], cache.prepare([("b", 4, len(prompt) - 4)]))[0]
+    torch.testing.assert_close(torch.cat([first, second]), full, rtol=1e-5, atol=1e-5)

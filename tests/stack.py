@@ -1,0 +1,78 @@
+"""Run the real stack (`splitgpt up`) on free loopback ports for tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(span: int) -> int:
+    """A base port with [base, base + span) free."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        if all(port_is_free(base + i) for i in range(span)):
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+class Stack:
+    def __init__(self, model_dir: Path, run_dir: Path, partitions: int = 3, replicas: int = 1, split: str = "even") -> None:
+        self.partitions, self.replicas = partitions, replicas
+        self.grpc_base = free_port_base(50 + partitions * replicas)
+        self.api_port = free_port_base(1)
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.log_path = run_dir / "stack.log"
+        argv = [
+            sys.executable, "-m", "splitgpt.cli", "up",
+            "--model", str(model_dir), "--partitions", str(partitions), "--replicas", str(replicas),
+            "--split", split, "--api-port", str(self.api_port), "--grpc-port-base", str(self.grpc_base),
+            "--run-dir", str(run_dir), "--torch-threads", "1",
+        ]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env.pop("REDIS_URL", None)
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def node_address(self, partition: int, replica: int = 0) -> str:
+        return f"127.0.0.1:{self.grpc_base + 50 + partition * self.replicas + replica}"
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"splitgpt up exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"stack not ready in {timeout_s}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
