@@ -15,6 +15,7 @@ commands:
   coordinator  drive generation across the nodes
   api          serve the HTTP API gateway
   tiny-model   write a small random GPT-2 checkpoint for offline use
+  probe        grpc.health.v1 check of a service (exit 0 when SERVING), for container health checks
 """
 
 
@@ -39,6 +40,25 @@ def tiny_model(argv: list[str]) -> None:
     print(f"wrote a random GPT-2 checkpoint ({geometry}) to {args.directory}; use MODEL_ID={args.directory}")
 
 
+def probe(argv: list[str]) -> None:
+    import asyncio
+
+    from .shells.grpc_runtime import insecure_channel, probe_health
+
+    p = argparse.ArgumentParser(prog="splitgpt probe", description="Exit 0 when the gRPC service is SERVING.")
+    p.add_argument("address", help="host:port")
+    p.add_argument("--timeout", type=float, default=2.0)
+    args = p.parse_args(argv)
+
+    async def check() -> str:
+        async with insecure_channel(args.address) as channel:
+            return await probe_health(channel, timeout_s=args.timeout)
+
+    status = asyncio.run(check())
+    print(f"{args.address}: {status}")
+    sys.exit(0 if status == "SERVING" else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -57,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         from .api.main import main as run
     elif command == "tiny-model":
         run = tiny_model
+    elif command == "probe":
+        run = probe
     else:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

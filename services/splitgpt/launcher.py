@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from .core.checkpoint import ModelSourceError, resolve_model_dir
+from .core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from .core.cluster_config import ClusterConfig, NodeEntry
-from .core.partitioning import parse_split
+from .core.partitioning import PartitionError, parse_split, resolve_split
 
 COLORS = ["36", "32", "33", "35", "34", "31", "96", "92", "93", "95"]
 
@@ -38,7 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=os.environ.get("MODEL_ID", "gpt2"), help="Hub id or checkpoint directory (env MODEL_ID)")
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--split", default="even", help="even | balanced | explicit ranges like 0-4,4-8,8-12")
+    p.add_argument(
+        "--split",
+        default="balanced",
+        help="balanced (default: counts the embedding/head on the last part as the blocks it is worth) "
+        "| even | explicit ranges like 0-4,4-8,8-12",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--grpc-port-base", type=int, default=50050, help="coordinator; tokenizer +1; nodes from +50")
@@ -127,9 +132,12 @@ async def _stop(children: list[Child], grace_s: float = 10.0) -> None:
 async def run(args: argparse.Namespace) -> int:
     try:
         model_dir = await asyncio.to_thread(resolve_model_dir, args.model)
-    except ModelSourceError as exc:
+        config = load_config(model_dir)
+        ranges = resolve_split(args.split, config.n_layer, args.partitions, config.vocab_size, config.n_embd)
+    except (ModelSourceError, PartitionError) as exc:
         print(f"splitgpt up: {exc}", file=sys.stderr)
         return 2
+    print(f"splitgpt up: {args.model}, {config.n_layer} blocks in {args.partitions} partitions: {ranges}", flush=True)
     children, config = plan(args, model_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -76,8 +76,8 @@ class _Location:
 class CheckpointIndex:
     """Canonical tensor name (`h.3.attn.c_attn.weight`, `wte.weight`, ...) -> where it lives."""
 
-    def __init__(self, model_dir: Path) -> None:
-        self.model_dir = model_dir
+    def __init__(self, model_dir: Path | str) -> None:
+        self.model_dir = model_dir = Path(model_dir)
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelSourceError(f"{model_dir} has no *.safetensors file; save the checkpoint with safetensors")

@@ -110,6 +110,14 @@ class NodeEngine:
             if x.position + x.hidden.shape[0] > n_ctx:
                 raise StepInputError(f"session {x.session_id!r}: positions beyond the context of {n_ctx}")
 
+    def warm_up(self) -> None:
+        """One throwaway step: touches every weight page (safetensors maps them
+        lazily) and the allocator, so the first request is not the slow one."""
+        p = self.partition
+        hidden = p.embed([0], 0) if self.is_last else torch.zeros(1, p.hidden_size, dtype=p.dtype, device=p.device)
+        self.step([StepInput("__warm_up__", 0, hidden)])
+        self.release(["__warm_up__"])
+
     def release(self, session_ids: list[str]) -> int:
         return self.cache.drop(session_ids)
 

@@ -63,7 +63,9 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
         device=settings.device,
         dtype=tensors.dtype_from_name(settings.dtype),
     )
-    return NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s)
+    engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s)
+    engine.warm_up()
+    return engine
 
 
 class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):

@@ -1,0 +1,85 @@
+"""Real servers the tests use: a Redis server and the API gateway as processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.stack import free_port_base
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path:
+        return path
+    message = f"{binary} is not installed (apt-get install redis-server); .ci/run installs it"
+    if os.environ.get("SPLITGPT_REQUIRE_REAL_SERVICES"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port_base(1)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.client = client
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class ApiProcess:
+    """`splitgpt api` against an existing tokenizer and coordinator."""
+
+    def __init__(self, tokenizer: str, coordinator: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port_base(1)
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "SPLITGPT_API_TOKENIZER_ADDRESS": tokenizer,
+            "SPLITGPT_API_COORDINATOR_ADDRESS": coordinator,
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "splitgpt.cli", "api", "--port", str(self.port)],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/api/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the API process did not become ready")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
