@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from ..logs import configure
@@ -10,7 +12,16 @@ from .app import create_app
 from .settings import ApiSettings
 
 
+class _QuietProbes(logging.Filter):
+    """Probes hit /api/ready and /api/health every second: keep them out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) >= 3 and str(args[2]).split("?")[0] in ("/api/ready", "/api/health"))
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(ApiSettings, argv, "splitgpt api", "Serve the HTTP API gateway.")
     configure(settings.log_level)
+    logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
