@@ -12,7 +12,7 @@ PARTITIONS ?= 3
 REPLICAS ?= 1
 TINY_MODEL := models/tiny-gpt2
 
-.PHONY: install stubs up test tiny-model up-tiny clean
+.PHONY: install stubs up test bench tiny-model up-tiny clean
 
 install: $(INSTALLED)
 
@@ -43,6 +43,12 @@ up-tiny: stubs tiny-model
 
 test: stubs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The stack against one Hugging Face process on a GPT-2-small-shaped checkpoint;
+# prints ratios measured in this run and writes run/bench/latest.{json,txt,png}.
+bench: stubs
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	HF_HUB_OFFLINE=1 $(BIN)/splitgpt bench
 
 clean:
 	rm -rf $(VENV) $(STUBS) $(STUBS:_pb2.py=_pb2_grpc.py) $(STUBS:.py=.pyi) run

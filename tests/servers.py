@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.stack import free_port_base
+from splitgpt.bench.local_stack import free_port_base
 
 
 def require(binary: str) -> str:

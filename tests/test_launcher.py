@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from tests.stack import Stack
+from splitgpt.bench.local_stack import Stack
 
 
 def listening(port: int) -> bool:

@@ -15,6 +15,7 @@ commands:
   coordinator  drive generation across the nodes
   api          serve the HTTP API gateway
   tiny-model   write a small random GPT-2 checkpoint for offline use
+  bench        the stack against one Hugging Face process (ratios measured in one run)
   probe        grpc.health.v1 check of a service (exit 0 when SERVING), for container health checks
 """
 
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         run = tiny_model
     elif command == "probe":
         run = probe
+    elif command == "bench":
+        from .bench.main import main as run
     else:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

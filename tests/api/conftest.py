@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.stack import Stack
+from splitgpt.bench.local_stack import Stack
 
 
 @pytest.fixture(scope="session")

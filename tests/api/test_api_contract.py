@@ -63,15 +63,18 @@ def read_sse(response) -> list[tuple[str, dict]]:
 
 
 def test_stream_sends_tokens_then_done_with_the_same_text(api):
-    body = {"text": "The quick brown fox", "max_tokens": 12, "ignore_eos": True}
-    whole = api.post("/api/model/process", json=body).json()
+    body = {"text": "The quick brown fox jumps", "max_tokens": 12, "ignore_eos": True}
     with api.stream("POST", "/api/model/stream", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = read_sse(r)
+    whole = api.post("/api/model/process", json=body).json()  # the same result, now from the cache
+    assert whole["cached"] is True
     names = [n for n, _ in events]
     assert names[-1] == "done" and set(names[:-1]) == {"token"}
     assert "".join(d["text"] for n, d in events if n == "token") == whole["generated_text"]
     assert events[-1][1]["generated_text"] == whole["generated_text"]
+    tokens = [d for n, d in events if n == "token" and d["token_id"] >= 0]
+    assert len(tokens) == events[-1][1]["usage"]["completion_tokens"] == 12  # one event per token
 
 
 def test_stop_string_cuts_the_text(api):

@@ -18,7 +18,7 @@ from splitgpt.core.checkpoint import CheckpointIndex
 from splitgpt.core.tiny_model import GPT2_SMALL, write_checkpoint
 from splitgpt.rpc import node_pb2, node_pb2_grpc
 from splitgpt.shells.grpc_runtime import insecure_channel, probe_health
-from tests.stack import free_port_base
+from splitgpt.bench.local_stack import free_port_base
 
 
 @pytest.fixture(scope="module")

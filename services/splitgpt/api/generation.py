@@ -130,9 +130,10 @@ class GenerationService:
                     k = (t.partition, t.node_id)
                     run.partition_ms[k] = run.partition_ms.get(k, 0.0) + t.ms
                 piece = stopper.push(await decoder.push([token.token_id]))
-                if piece:
-                    text.append(piece)
-                    yield TextDelta(piece, token.token_id, token.index)
+                text.append(piece)
+                # One event per token, even when its text is held back (half a
+                # UTF-8 character, a possible stop string): clients count tokens.
+                yield TextDelta(piece, token.token_id, token.index)
                 if stopper.stopped:
                     break
             if not stopper.stopped:

@@ -100,6 +100,7 @@ class _Sequence:
     step_ms: dict[int, float] = field(default_factory=dict)  # this iteration, per partition
     total_ms: dict[int, float] = field(default_factory=dict)
     done: bool = False
+    lane: _Lane | None = None
 
     @property
     def session_id(self) -> str:
@@ -108,6 +109,21 @@ class _Sequence:
     @property
     def history(self) -> list[int]:
         return self.req.prompt_ids + self.generated
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One micro-batch: the sequences that step through the chain together."""
+
+    index: int
+    running: list[_Sequence] = field(default_factory=list)
+    waiting: list[_Sequence] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.running) + len(self.waiting)
 
 
 class GenerationEngine:
@@ -120,6 +136,8 @@ class GenerationEngine:
         vocab_size: int,
         max_batch_size: int = 64,
         max_replays: int = 3,
+        micro_batches: int | None = None,
+        prefill_chunk_tokens: int = 256,
     ) -> None:
         self.router = router
         self.client_for = client_for
@@ -128,11 +146,13 @@ class GenerationEngine:
         self.vocab_size = vocab_size
         self.max_batch_size = max_batch_size
         self.max_replays = max_replays
-        self._waiting: list[_Sequence] = []
-        self._running: list[_Sequence] = []
-        self._wake = asyncio.Event()
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        # Pipeline parallelism: this many micro-batches are in flight at once,
+        # each in its own lane, so while one runs on partition 1 the next can
+        # run on partition 0. One per partition fills the pipeline.
+        n_lanes = micro_batches or router.num_partitions
+        self._lanes = [_Lane(i) for i in range(n_lanes)]
         self._background: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
 
     # -- public ---------------------------------------------------------------
 
@@ -159,10 +179,8 @@ class GenerationEngine:
         sequence and frees its caches on every node.
         """
         self.validate(req)
-        self._ensure_loop()
         seq = _Sequence(req)
-        self._waiting.append(seq)
-        self._wake.set()
+        self._admit(seq)
         try:
             while True:
                 event = await seq.events.get()
@@ -177,36 +195,43 @@ class GenerationEngine:
 
     @property
     def running(self) -> int:
-        return len(self._running) + len(self._waiting)
+        return sum(lane.load for lane in self._lanes)
 
     async def close(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
+        for lane in self._lanes:
+            if lane.task:
+                lane.task.cancel()
         for task in list(self._background):
             task.cancel()
 
     # -- the loop -------------------------------------------------------------
 
-    def _ensure_loop(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.create_task(self._run(), name="generation-loop")
+    def _admit(self, seq: _Sequence) -> None:
+        """A new sequence joins the least loaded lane at that lane's next iteration."""
+        lane = min(self._lanes, key=lambda lane: lane.load)
+        seq.lane = lane
+        lane.waiting.append(seq)
+        lane.wake.set()
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.create_task(self._run(lane), name=f"generation-lane-{lane.index}")
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
+        room_per_lane = max(1, -(-self.max_batch_size // len(self._lanes)))
         while True:
-            if not self._running and not self._waiting:
-                self._wake.clear()
-                await self._wake.wait()
-            room = self.max_batch_size - len(self._running)
-            self._running += self._waiting[:room]
-            del self._waiting[:room]
-            batch = [s for s in self._running if not s.done]
+            if not lane.running and not lane.waiting:
+                lane.wake.clear()
+                await lane.wake.wait()
+            room = room_per_lane - len(lane.running)
+            lane.running += lane.waiting[:room]
+            del lane.waiting[:room]
+            batch = [s for s in lane.running if not s.done]
             try:
                 await self._iteration(batch)
             except Exception as exc:  # keep serving others; these requests get the error
                 log.exception("iteration failed")
                 for seq in batch:
                     self._fail(seq, GenerationError("internal", f"generation failed: {exc}"))
-            self._running = [s for s in self._running if not s.done]
+            lane.running = [s for s in lane.running if not s.done]
 
     async def _iteration(self, batch: list[_Sequence]) -> None:
         for seq in batch:
@@ -227,21 +252,30 @@ class GenerationEngine:
 
     async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, StepInput]:
         """Each sequence's input to partition 0: its next token's embedding, or
-        its whole history embedded from position 0 (a prefill or a replay)."""
+        the next chunk of its history (a prefill, or a replay from position 0).
+
+        Prefill is chunked so a long prompt joining the batch delays the
+        running sequences by one chunk's compute per iteration, not the whole prompt.
+        """
         inputs: dict[_Sequence, StepInput] = {}
-        prefill = [s for s in batch if s.next_input is None]
-        for replica, group in _group(prefill, lambda s: s.chain[-1]).items():
+        budget = self.prefill_chunk_tokens
+        prefill: list[tuple[_Sequence, list[int]]] = []
+        for seq in batch:
+            if seq.next_input is not None:
+                inputs[seq] = StepInput(seq.session_id, seq.position, seq.next_input, self._sampling(seq))
+            elif budget > 0:
+                chunk = seq.history[seq.position : seq.position + budget]
+                budget -= len(chunk)
+                prefill.append((seq, chunk))
+        for replica, group in _group([s for s, _ in prefill], lambda s: s.chain[-1]).items():
+            chunks = dict(prefill)
             try:
-                hidden = await self.client_for(replica).embed([(s.history, 0) for s in group])
+                hidden = await self.client_for(replica).embed([(chunks[s], s.position) for s in group])
             except NodeFailed as exc:
                 self._node_failed(replica, group, exc)
                 continue
             for seq, h in zip(group, hidden, strict=True):
-                seq.position = 0
-                inputs[seq] = StepInput(seq.session_id, 0, h, self._sampling(seq))
-        for seq in batch:
-            if seq.next_input is not None:
-                inputs[seq] = StepInput(seq.session_id, seq.position, seq.next_input, self._sampling(seq))
+                inputs[seq] = StepInput(seq.session_id, seq.position, h, self._sampling(seq))
         return inputs
 
     async def _run_partition(self, partition: int, inputs: dict[_Sequence, StepInput]) -> dict:
@@ -289,6 +323,8 @@ class GenerationEngine:
     def _accept(self, seq: _Sequence, out: StepOutput) -> None:
         if seq.done:  # cancelled while the step was in flight
             return
+        if seq.position < len(seq.history):  # a prefill chunk short of the end: no token yet
+            return
         seq.next_input = out.next_input
         token = out.token_id
         if token == self.eos_token_id and not seq.req.ignore_eos:
@@ -307,6 +343,7 @@ class GenerationEngine:
             return
         log.info("replaying %s from position 0 (%s)", seq.session_id, why)
         seq.next_input = None
+        seq.position = 0
 
     def _node_failed(self, replica: Replica, group: list[_Sequence], exc: Exception) -> None:
         log.warning("%s failed: %s", replica.node_id, exc)
@@ -322,8 +359,8 @@ class GenerationEngine:
         if seq.done:
             return
         seq.done = True
-        if seq in self._waiting:
-            self._waiting.remove(seq)
+        if seq.lane is not None and seq in seq.lane.waiting:
+            seq.lane.waiting.remove(seq)
         if reason is not None:
             partitions = [PartitionTiming(p, seq.chain[p].node_id, ms) for p, ms in sorted(seq.total_ms.items())]
             seq.events.put_nowait(

@@ -1,4 +1,4 @@
-"""Run the real stack (`splitgpt up`) on free loopback ports for tests."""
+"""The real stack (`splitgpt up`) as a child process on free loopback ports, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -33,7 +33,16 @@ def free_port_base(span: int) -> int:
 
 
 class Stack:
-    def __init__(self, model_dir: Path, run_dir: Path, partitions: int = 3, replicas: int = 1, split: str = "even") -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        run_dir: Path,
+        partitions: int = 3,
+        replicas: int = 1,
+        split: str = "even",
+        extra_args: list[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.partitions, self.replicas = partitions, replicas
         self.grpc_base = free_port_base(50 + partitions * replicas)
         self.api_port = free_port_base(1)
@@ -43,9 +52,9 @@ class Stack:
             sys.executable, "-m", "splitgpt.cli", "up",
             "--model", str(model_dir), "--partitions", str(partitions), "--replicas", str(replicas),
             "--split", split, "--api-port", str(self.api_port), "--grpc-port-base", str(self.grpc_base),
-            "--run-dir", str(run_dir), "--torch-threads", "1",
+            "--run-dir", str(run_dir), *extra_args,
         ]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         env.pop("REDIS_URL", None)
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
