@@ -48,7 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--grpc-port-base", type=int, default=50050, help="coordinator; tokenizer +1; nodes from +50")
     p.add_argument("--run-dir", type=Path, default=Path("run"), help="where the cluster config is written")
-    p.add_argument("--torch-threads", type=int, default=0, help="per node; 0 shares the cores out")
+    p.add_argument("--torch-threads", type=int, default=0, help="per node; 0: cores / micro-batches")
+    p.add_argument(
+        "--micro-batches", type=int, default=0, help="in flight at once (pipeline parallelism); 0: min(partitions, cores)"
+    )
     p.add_argument("--ready-timeout", type=float, default=300.0)
     return p.parse_args(argv)
 
@@ -66,7 +69,11 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
     config_path = (args.run_dir / "cluster.json").resolve()
     config.dump(config_path)
 
-    threads = args.torch_threads or max(1, (os.cpu_count() or 1) // len(nodes))
+    # All nodes share this host's cores: as many micro-batches in flight as
+    # there are cores (each busy node gets one), unless told otherwise.
+    cores = os.cpu_count() or 1
+    micro_batches = args.micro_batches or max(1, min(args.partitions, cores))
+    threads = args.torch_threads or max(1, cores // micro_batches)
     env = {**os.environ, "MODEL_ID": str(model_dir), "PYTHONUNBUFFERED": "1"}
     me = [sys.executable, "-m", "splitgpt.cli"]
     children = [Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1)], env)]
@@ -84,7 +91,8 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
     children.append(
         Child(
             "coordinator",
-            me + ["coordinator", "--cluster-config", str(config_path), "--host", args.host, "--port", str(base)],
+            me + ["coordinator", "--cluster-config", str(config_path), "--host", args.host, "--port", str(base),
+                  "--micro-batches", str(micro_batches)],  # fmt: skip
             env,
         )
     )

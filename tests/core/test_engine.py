@@ -35,10 +35,10 @@ class InProcessNode:
     async def embed(self, items):
         return self.engine.embed(items)
 
-    async def step(self, inputs):
+    async def step(self, batch):
         self.steps += 1
         try:
-            return self.engine.step(inputs)
+            return self.engine.step(batch)
         except CacheMiss as exc:
             raise CacheRefused(str(exc)) from exc
 

@@ -38,7 +38,7 @@ def greedy(chain, prompt: list[int], n_new: int) -> tuple[list[int], list[torch.
         h = x
         for part, cache in zip(chain, caches):
             sessions = cache.prepare([("s", position, h.shape[0])])
-            h = part.forward([h], sessions)[0]
+            h = part.forward(h, [h.shape[0]], sessions)
             sessions[0].commit(h.shape[0])
             if step == 0:
                 boundaries.append(h)
@@ -83,11 +83,12 @@ def test_batched_step_equals_one_sequence_at_a_time(tiny_checkpoint):
     together = [[] for _ in PROMPTS]
     for _ in range(8):
         hs = xs
+        lengths = [h.shape[0] for h in hs]
         for part, cache in zip(chain, caches):
-            sessions = cache.prepare([(sid, pos, h.shape[0]) for sid, pos, h in zip(ids, positions, hs)])
-            hs = part.forward(hs, sessions)
-            for s, h in zip(sessions, hs):
-                s.commit(h.shape[0])
+            sessions = cache.prepare([(sid, pos, n) for sid, pos, n in zip(ids, positions, lengths)])
+            hs = list(torch.split(part.forward(torch.cat(hs), lengths, sessions), lengths))
+            for s, n in zip(sessions, lengths):
+                s.commit(n)
         positions = [pos + h.shape[0] for pos, h in zip(positions, hs)]
         tokens = head.logits(torch.cat([h[-1:] for h in hs])).argmax(-1).tolist()
         for out, t in zip(together, tokens):
@@ -102,9 +103,9 @@ def test_chunk_after_cached_prefix_equals_full_prefill(tiny_checkpoint):
     prompt = PROMPTS[0]
     x = part.embed(prompt, 0)
     (cache,) = caches_for([part])
-    full = part.forward([x], cache.prepare([("a", 0, len(prompt))]))[0]
+    full = part.forward(x, [len(prompt)], cache.prepare([("a", 0, len(prompt))]))
     s = cache.prepare([("b", 0, 4)])
-    first = part.forward([x[:4]], s)[0]
+    first = part.forward(x[:4], [4], s)
     s[0].commit(4)
-    second = part.forward([x[4:]], cache.prepare([("b", 4, len(prompt) - 4)]))[0]
+    second = part.forward(x[4:], [len(prompt) - 4], cache.prepare([("b", 4, len(prompt) - 4)]))
     torch.testing.assert_close(torch.cat([first, second]), full, rtol=1e-5, atol=1e-5)

@@ -27,7 +27,18 @@ async def nodes(tiny_checkpoint):
         await s.stop(0)
 
 
-async def test_info_health_and_a_generation_step(nodes):
+def step(hidden: common_pb2.Tensor, *seqs: tuple[str, int, int]) -> node_pb2.StepRequest:
+    return node_pb2.StepRequest(
+        sequences=[node_pb2.SequenceStep(session_id=sid, position=pos, length=n) for sid, pos, n in seqs], hidden=hidden
+    )
+
+
+async def embed(stub, ids: list[int], position: int = 0) -> common_pb2.Tensor:
+    reply = await stub.Embed(node_pb2.EmbedRequest(items=[node_pb2.EmbedItem(token_ids=ids, position=position)]))
+    return reply.hidden[0]
+
+
+async def test_info_health_and_a_packed_batch_step(nodes):
     (first, last), channels = nodes
     assert await probe_health(channels[0]) == "SERVING"
     info0, info1 = await first.Info(node_pb2.NodeInfoRequest()), await last.Info(node_pb2.NodeInfoRequest())
@@ -35,62 +46,58 @@ async def test_info_health_and_a_generation_step(nodes):
     assert (info1.start_block, info1.end_block, info1.holds_head) == (2, 4, True)
     assert info0.parameter_bytes < info1.parameter_bytes and info1.resident_bytes > 0
 
-    embedded = await last.Embed(node_pb2.EmbedRequest(items=[node_pb2.EmbedItem(token_ids=[15496, 11], position=0)]))
-    hidden = embedded.hidden[0]
-    assert list(hidden.shape) == [2, 64] and hidden.dtype == "float32"
-    step = lambda h, pos: node_pb2.StepRequest(  # noqa: E731
-        sequences=[node_pb2.SequenceStep(session_id="s", position=pos, hidden=h, sampling=common_pb2.SamplingParams())]
-    )
-    mid = (await first.Step(step(hidden, 0))).results[0].hidden
-    out = (await last.Step(step(mid, 0))).results[0]
-    assert 0 <= out.token_id < 50257 and out.logprob <= 0
-    assert list(out.next_input.shape) == [1, 64]
-    # The next step continues the session at position 2.
-    mid = (await first.Step(step(out.next_input, 2))).results[0].hidden
-    assert (await last.Step(step(mid, 2))).results[0].HasField("next_input")
+    a, b = await embed(last, [15496, 11]), await embed(last, [464, 2068, 7586])
+    assert list(a.shape) == [2, 64] and a.dtype == "float32"
+    packed = tensor_to_proto(torch.cat([tensor_from_proto(a), tensor_from_proto(b)]))
+    mid = (await first.Step(step(packed, ("a", 0, 2), ("b", 0, 3)))).hidden
+    assert list(mid.shape) == [5, 64]
+    out = await last.Step(step(mid, ("a", 0, 2), ("b", 0, 3)))
+    assert [r.session_id for r in out.results] == ["a", "b"]
+    assert all(0 <= r.token_id < 50257 and r.logprob <= 0 for r in out.results)
+    assert list(out.next_input.shape) == [2, 64]
+    # The next step continues each session where it is: a at 2, b at 3.
+    mid = (await first.Step(step(out.next_input, ("a", 2, 1), ("b", 3, 1)))).hidden
+    assert len((await last.Step(step(mid, ("a", 2, 1), ("b", 3, 1)))).results) == 2
 
 
 async def test_a_step_the_cache_does_not_hold_is_failed_precondition(nodes):
     (first, _), _ = nodes
-    h = tensor_to_proto(torch.zeros(1, 64))
-    req = node_pb2.StepRequest(sequences=[node_pb2.SequenceStep(session_id="unknown", position=7, hidden=h)])
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await first.Step(req)
+        await first.Step(step(tensor_to_proto(torch.zeros(1, 64)), ("unknown", 7, 1)))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "unknown" in err.value.details()
 
 
 @pytest.mark.parametrize(
-    "hidden",
+    "hidden,length",
     [
-        common_pb2.Tensor(data=b"\0" * 12, dtype="float32", shape=[1, 64]),  # wrong byte count
-        tensor_to_proto(torch.zeros(1, 65)),  # wrong width
-        common_pb2.Tensor(data=b"", dtype="int8", shape=[0]),  # unknown dtype
+        (common_pb2.Tensor(data=b"\0" * 12, dtype="float32", shape=[1, 64]), 1),  # wrong byte count
+        (tensor_to_proto(torch.zeros(1, 65)), 1),  # wrong width
+        (tensor_to_proto(torch.zeros(2, 64)), 1),  # rows do not match the lengths
+        (common_pb2.Tensor(data=b"", dtype="int8", shape=[0]), 1),  # unknown dtype
+        (tensor_to_proto(torch.zeros(0, 64)), 0),  # an empty sequence
     ],
 )
-async def test_malformed_hidden_states_are_invalid_argument(nodes, hidden):
+async def test_malformed_steps_are_invalid_argument(nodes, hidden, length):
     (first, _), _ = nodes
-    req = node_pb2.StepRequest(sequences=[node_pb2.SequenceStep(session_id="m", position=0, hidden=hidden)])
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await first.Step(req)
+        await first.Step(step(hidden, ("m", 0, length)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_embed_is_only_on_the_last_partition_and_checks_ids(nodes):
     (first, last), _ = nodes
-    item = node_pb2.EmbedItem(token_ids=[1], position=0)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await first.Embed(node_pb2.EmbedRequest(items=[item]))
+        await embed(first, [1])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await last.Embed(node_pb2.EmbedRequest(items=[node_pb2.EmbedItem(token_ids=[60000], position=0)]))
+        await embed(last, [60000])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_release_frees_the_session(nodes):
     (first, last), _ = nodes
-    h = (await last.Embed(node_pb2.EmbedRequest(items=[node_pb2.EmbedItem(token_ids=[1, 2, 3], position=0)]))).hidden[0]
-    await first.Step(node_pb2.StepRequest(sequences=[node_pb2.SequenceStep(session_id="r", position=0, hidden=h)]))
+    await first.Step(step(await embed(last, [1, 2, 3]), ("r", 0, 3)))
     assert (await first.Info(node_pb2.NodeInfoRequest())).cached_tokens == 3
     assert (await first.Release(node_pb2.ReleaseRequest(session_ids=["r"]))).released == 1
     assert (await first.Info(node_pb2.NodeInfoRequest())).cached_sessions == 0
@@ -100,8 +107,8 @@ async def test_bfloat16_node_sends_bfloat16_hidden_states(tiny_checkpoint):
     server = await start(NodeSettings(model_id=str(tiny_checkpoint), partition=1, num_partitions=2, port=0, dtype="bfloat16"))
     async with insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = node_pb2_grpc.PartitionNodeStub(channel)
-        h = (await stub.Embed(node_pb2.EmbedRequest(items=[node_pb2.EmbedItem(token_ids=[1, 2], position=0)]))).hidden[0]
+        h = await embed(stub, [1, 2])
         assert h.dtype == "bfloat16" and tensor_from_proto(h).dtype == torch.bfloat16
-        out = await stub.Step(node_pb2.StepRequest(sequences=[node_pb2.SequenceStep(session_id="b", position=0, hidden=h)]))
-        assert out.results[0].next_input.dtype == "bfloat16"
+        out = await stub.Step(step(h, ("b", 0, 2)))
+        assert out.next_input.dtype == "bfloat16"
     await server.stop(0)

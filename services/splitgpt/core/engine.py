@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from .node_engine import StepInput, StepOutput
+from .node_engine import SequenceStep, StepBatch, StepResult
 from .routing import NoHealthyReplica, Replica, Router
 from .sampling import SamplingSpec
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class NodeClient(Protocol):
     async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]: ...
-    async def step(self, inputs: list[StepInput]) -> list[StepOutput]: ...
+    async def step(self, batch: StepBatch) -> StepResult: ...
     async def release(self, session_ids: list[str]) -> None: ...
 
 
@@ -241,56 +241,61 @@ class GenerationEngine:
                     seq.chain = self.router.chain()
                 except NoHealthyReplica as exc:
                     self._fail(seq, GenerationError("unavailable", str(exc)))
-        batch = [s for s in batch if not s.done]
-        inputs = await self._inputs(batch)
-        for partition in range(self.router.num_partitions):
-            if not inputs:
+        rows = await self._inputs([s for s in batch if not s.done])
+        for partition in range(self.router.num_partitions - 1):
+            if not rows:
                 return
-            inputs = await self._run_partition(partition, inputs)
-        for seq, out in inputs.items():
-            self._accept(seq, out)
+            rows = await self._run_partition(partition, rows)
+        if rows:
+            await self._run_partition(self.router.num_partitions - 1, rows)
 
-    async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, StepInput]:
-        """Each sequence's input to partition 0: its next token's embedding, or
+    async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, torch.Tensor]:
+        """Each sequence's rows into partition 0: its next token's embedding, or
         the next chunk of its history (a prefill, or a replay from position 0).
 
         Prefill is chunked so a long prompt joining the batch delays the
         running sequences by one chunk's compute per iteration, not the whole prompt.
         """
-        inputs: dict[_Sequence, StepInput] = {}
+        rows: dict[_Sequence, torch.Tensor] = {}
         budget = self.prefill_chunk_tokens
-        prefill: list[tuple[_Sequence, list[int]]] = []
+        chunks: dict[_Sequence, list[int]] = {}
         for seq in batch:
             if seq.next_input is not None:
-                inputs[seq] = StepInput(seq.session_id, seq.position, seq.next_input, self._sampling(seq))
+                rows[seq] = seq.next_input
             elif budget > 0:
-                chunk = seq.history[seq.position : seq.position + budget]
-                budget -= len(chunk)
-                prefill.append((seq, chunk))
-        for replica, group in _group([s for s, _ in prefill], lambda s: s.chain[-1]).items():
-            chunks = dict(prefill)
+                chunks[seq] = seq.history[seq.position : seq.position + budget]
+                budget -= len(chunks[seq])
+        for replica, group in _group(list(chunks), lambda s: s.chain[-1]).items():
             try:
                 hidden = await self.client_for(replica).embed([(chunks[s], s.position) for s in group])
             except NodeFailed as exc:
                 self._node_failed(replica, group, exc)
                 continue
-            for seq, h in zip(group, hidden, strict=True):
-                inputs[seq] = StepInput(seq.session_id, seq.position, h, self._sampling(seq))
-        return inputs
+            rows.update(zip(group, hidden, strict=True))
+        return rows
 
-    async def _run_partition(self, partition: int, inputs: dict[_Sequence, StepInput]) -> dict:
-        groups = _group(list(inputs), lambda s: s.chain[partition])
-        calls = [self._step_group(partition, replica, group, inputs) for replica, group in groups.items()]
-        out: dict = {}
+    async def _run_partition(self, partition: int, rows: dict[_Sequence, torch.Tensor]) -> dict:
+        """One partition's step for every sequence, one call per replica in use.
+
+        Returns each sequence's output rows for the next partition; after the
+        last partition the tokens have been accepted and nothing is returned.
+        """
+        groups = _group(list(rows), lambda s: s.chain[partition])
+        calls = [self._step_group(partition, replica, group, rows) for replica, group in groups.items()]
+        out: dict[_Sequence, torch.Tensor] = {}
         for result in await asyncio.gather(*calls):
             out.update(result)
         return out
 
-    async def _step_group(self, partition: int, replica: Replica, group: list[_Sequence], inputs) -> dict:
+    async def _step_group(self, partition: int, replica: Replica, group: list[_Sequence], rows) -> dict:
+        batch = StepBatch(
+            [SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s)) for s in group],
+            torch.cat([rows[s] for s in group]),
+        )
         started = time.perf_counter()
         replica.in_flight += len(group)
         try:
-            outputs = await self.client_for(replica).step([inputs[s] for s in group])
+            result = await self.client_for(replica).step(batch)
         except CacheRefused as exc:
             for seq in group:
                 self._replay(seq, f"{replica.node_id} refused the step: {exc}")
@@ -301,17 +306,15 @@ class GenerationEngine:
         finally:
             replica.in_flight -= len(group)
         ms = (time.perf_counter() - started) * 1000
-        last = partition == self.router.num_partitions - 1
-        result = {}
-        for seq, x, out in zip(group, (inputs[s] for s in group), outputs, strict=True):
+        for seq in group:
             seq.step_ms[partition] = ms
             seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
-            if last:
-                seq.position = x.position + x.hidden.shape[0]
-                result[seq] = out
-            else:
-                result[seq] = dataclasses.replace(x, hidden=out.hidden)
-        return result
+        if partition < self.router.num_partitions - 1:
+            return dict(zip(group, torch.split(result.hidden, batch.lengths), strict=True))
+        for i, (seq, step) in enumerate(zip(group, batch.sequences, strict=True)):
+            seq.position = step.position + step.length
+            self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1])
+        return {}
 
     # -- per sequence ---------------------------------------------------------
 
@@ -320,19 +323,18 @@ class GenerationEngine:
             return dataclasses.replace(seq.req.sampling, suppress=(self.eos_token_id,))
         return seq.req.sampling
 
-    def _accept(self, seq: _Sequence, out: StepOutput) -> None:
+    def _accept(self, seq: _Sequence, token: int, logprob: float, next_input: torch.Tensor) -> None:
         if seq.done:  # cancelled while the step was in flight
             return
         if seq.position < len(seq.history):  # a prefill chunk short of the end: no token yet
             return
-        seq.next_input = out.next_input
-        token = out.token_id
+        seq.next_input = next_input
         if token == self.eos_token_id and not seq.req.ignore_eos:
             self._finish(seq, "eos")
             return
         seq.generated.append(token)
         timings = [PartitionTiming(p, seq.chain[p].node_id, ms) for p, ms in sorted(seq.step_ms.items())]
-        seq.events.put_nowait(TokenEvent(token, out.logprob, len(seq.generated) - 1, timings))
+        seq.events.put_nowait(TokenEvent(token, logprob, len(seq.generated) - 1, timings))
         if len(seq.generated) >= seq.req.max_tokens or len(seq.history) >= self.n_ctx:
             self._finish(seq, "length")
 

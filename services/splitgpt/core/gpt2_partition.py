@@ -110,27 +110,32 @@ class GPT2Partition:
     @torch.inference_mode()
     def embed(self, token_ids: list[int], position: int) -> torch.Tensor:
         """wte[token] + wpe[position]: [len, d]."""
+        return self.embed_at(token_ids, list(range(position, position + len(token_ids))))
+
+    @torch.inference_mode()
+    def embed_at(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+        """wte[token_ids[i]] + wpe[positions[i]] for each i: [len, d]."""
         if not self.holds_head:
             raise RuntimeError("only the last partition holds the embedding")
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        positions = torch.arange(position, position + len(token_ids), device=self.device)
-        return self.wte[ids] + self.wpe[positions]
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        return self.wte[ids] + self.wpe[pos]
 
     @torch.inference_mode()
-    def forward(self, hidden: list[torch.Tensor], caches: list[SessionKV]) -> list[torch.Tensor]:
-        """Run the blocks over each sequence's new rows ([len_i, d]), appending to its cache.
+    def forward(self, x: torch.Tensor, lengths: list[int], caches: list[SessionKV]) -> torch.Tensor:
+        """Run the blocks over packed rows `x` ([sum(lengths), d], sequence i
+        owning `lengths[i]` consecutive rows), appending to each sequence's cache.
 
-        Returns each sequence's output rows. Caches are written but not
-        committed: the caller commits once the whole step has succeeded.
+        Returns the output rows, packed the same way. Caches are written but
+        not committed: the caller commits once the whole step has succeeded.
         """
-        lengths = [h.shape[0] for h in hidden]
-        x = torch.cat([h.to(device=self.device, dtype=self.dtype) for h in hidden])
+        x = x.to(device=self.device, dtype=self.dtype)
         for local, block in enumerate(self.blocks):
             x = x + self._attention(local, block, F.layer_norm(x, (self.hidden_size,), *block.ln_1, self.eps), lengths, caches)
             h = F.layer_norm(x, (self.hidden_size,), *block.ln_2, self.eps)
             h = self.act(_linear(h, block.c_fc))
             x = x + _linear(h, block.mlp_proj)
-        return list(torch.split(x, lengths))
+        return x
 
     def _attention(
         self, local: int, block: Block, x: torch.Tensor, lengths: list[int], caches: list[SessionKV]

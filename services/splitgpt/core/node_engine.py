@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,20 +18,29 @@ from .sampling import SamplingSpec, sample
 
 
 @dataclass(frozen=True)
-class StepInput:
+class SequenceStep:
     session_id: str
-    position: int
-    hidden: torch.Tensor  # [len, d]
+    position: int  # of the sequence's first new row; 0 starts its session afresh
+    length: int  # rows of the packed hidden states that are this sequence's
     sampling: SamplingSpec = SamplingSpec()
 
 
 @dataclass(frozen=True)
-class StepOutput:
-    session_id: str
-    hidden: torch.Tensor | None = None  # not last: [len, d]
-    token_id: int = 0  # last: the sampled token ...
-    logprob: float = 0.0
-    next_input: torch.Tensor | None = None  # ... and its embedding at the next position, [1, d]
+class StepBatch:
+    sequences: list[SequenceStep]
+    hidden: torch.Tensor  # [sum of lengths, d], packed in the order of `sequences`
+
+    @property
+    def lengths(self) -> list[int]:
+        return [s.length for s in self.sequences]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    hidden: torch.Tensor | None = None  # not last: output rows, packed as the input
+    token_ids: list[int] = field(default_factory=list)  # last: one per sequence ...
+    logprobs: list[float] = field(default_factory=list)
+    next_input: torch.Tensor | None = None  # ... and its embedding at the next position: [sequences, d]
 
 
 class StepInputError(ValueError):
@@ -67,55 +76,56 @@ class NodeEngine:
                 raise StepInputError(f"positions up to {position + len(token_ids)} exceed the context of {n_ctx}")
         return [self.partition.embed(ids, pos) for ids, pos in items]
 
-    def step(self, inputs: list[StepInput]) -> list[StepOutput]:
+    def step(self, batch: StepBatch) -> StepResult:
         """One step for a batch; all-or-nothing on the caches of its sessions."""
-        if not inputs:
-            return []
-        self._validate(inputs)
-        sessions = self.cache.prepare([(x.session_id, x.position, x.hidden.shape[0]) for x in inputs])
+        if not batch.sequences:
+            return StepResult(hidden=batch.hidden[:0])
+        self._validate(batch)
+        sessions = self.cache.prepare([(s.session_id, s.position, s.length) for s in batch.sequences])
         try:
-            outputs = self.partition.forward([x.hidden for x in inputs], sessions)
+            out = self.partition.forward(batch.hidden, batch.lengths, sessions)
         except BaseException:
             # Partly written caches must not be trusted: the coordinator replays them.
-            self.cache.drop(x.session_id for x in inputs)
+            self.cache.drop(s.session_id for s in batch.sequences)
             raise
-        for session, x in zip(sessions, inputs, strict=True):
-            session.commit(x.hidden.shape[0])
-        if not self.is_last:
-            return [StepOutput(x.session_id, hidden=h) for x, h in zip(inputs, outputs, strict=True)]
-        return self._sample(inputs, outputs)
+        for session, s in zip(sessions, batch.sequences, strict=True):
+            session.commit(s.length)
+        return self._sample(batch, out) if self.is_last else StepResult(hidden=out)
 
-    def _sample(self, inputs: list[StepInput], outputs: list[torch.Tensor]) -> list[StepOutput]:
-        logits = self.partition.logits(torch.cat([h[-1:] for h in outputs]))
-        next_positions = [x.position + x.hidden.shape[0] for x in inputs]
-        tokens, logprobs = sample(logits, [x.sampling for x in inputs], next_positions)
+    def _sample(self, batch: StepBatch, out: torch.Tensor) -> StepResult:
+        ends = torch.tensor(batch.lengths, device=out.device).cumsum(0) - 1
+        logits = self.partition.logits(out[ends])
+        next_positions = [s.position + s.length for s in batch.sequences]
+        tokens, logprobs = sample(logits, [s.sampling for s in batch.sequences], next_positions)
+        # The embedding of each token just chosen is its sequence's next input;
+        # past the end of the context there is no next step (zeros stand in).
         n_ctx = self.partition.config.n_positions
-        results = []
-        for x, tok, lp, pos in zip(inputs, tokens, logprobs, next_positions, strict=True):
-            # The embedding of the token just chosen is the next step's input;
-            # at the end of the context there is no next step.
-            nxt = self.partition.embed([tok], pos) if pos < n_ctx else None
-            results.append(StepOutput(x.session_id, token_id=tok, logprob=lp, next_input=nxt))
-        return results
+        next_input = self.partition.embed_at(tokens, [min(p, n_ctx - 1) for p in next_positions])
+        past_end = torch.tensor([p >= n_ctx for p in next_positions], device=next_input.device)
+        next_input = next_input.masked_fill(past_end.unsqueeze(1), 0.0)
+        return StepResult(token_ids=tokens, logprobs=logprobs, next_input=next_input)
 
-    def _validate(self, inputs: list[StepInput]) -> None:
+    def _validate(self, batch: StepBatch) -> None:
         d, n_ctx = self.partition.hidden_size, self.partition.config.n_positions
+        rows = sum(batch.lengths)
+        if batch.hidden.dim() != 2 or batch.hidden.shape[1] != d or batch.hidden.shape[0] != rows:
+            raise StepInputError(f"hidden must be [{rows}, {d}] (the sum of the sequence lengths), got {list(batch.hidden.shape)}")
         seen = set()
-        for x in inputs:
-            if x.session_id in seen:
-                raise StepInputError(f"session {x.session_id!r} appears twice in one step")
-            seen.add(x.session_id)
-            if x.hidden.dim() != 2 or x.hidden.shape[1] != d or x.hidden.shape[0] == 0:
-                raise StepInputError(f"session {x.session_id!r}: hidden must be [len>0, {d}], got {list(x.hidden.shape)}")
-            if x.position + x.hidden.shape[0] > n_ctx:
-                raise StepInputError(f"session {x.session_id!r}: positions beyond the context of {n_ctx}")
+        for s in batch.sequences:
+            if s.session_id in seen:
+                raise StepInputError(f"session {s.session_id!r} appears twice in one step")
+            seen.add(s.session_id)
+            if s.length < 1:
+                raise StepInputError(f"session {s.session_id!r}: length must be at least 1")
+            if s.position + s.length > n_ctx:
+                raise StepInputError(f"session {s.session_id!r}: positions beyond the context of {n_ctx}")
 
     def warm_up(self) -> None:
         """One throwaway step: touches every weight page (safetensors maps them
         lazily) and the allocator, so the first request is not the slow one."""
         p = self.partition
         hidden = p.embed([0], 0) if self.is_last else torch.zeros(1, p.hidden_size, dtype=p.dtype, device=p.device)
-        self.step([StepInput("__warm_up__", 0, hidden)])
+        self.step(StepBatch([SequenceStep("__warm_up__", 0, 1)], hidden))
         self.release(["__warm_up__"])
 
     def release(self, session_ids: list[str]) -> int:

@@ -32,7 +32,9 @@ def encode(t: torch.Tensor) -> tuple[bytes, str, list[int]]:
     return t.view(torch.uint8).numpy().tobytes(), DTYPE_NAMES[t.dtype], list(t.shape)
 
 
-def decode(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+def decode(data: bytes, dtype: str, shape: list[int], copy: bool = True) -> torch.Tensor:
+    """Bytes -> tensor. `copy=False` returns a view over `data`: no copy, but
+    the tensor must then never be written in place."""
     torch_dtype = dtype_from_name(dtype)
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
     expected = math.prod(shape) * itemsize
@@ -41,6 +43,7 @@ def decode(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
     if expected == 0:
         return torch.empty(shape, dtype=torch_dtype)
     with warnings.catch_warnings():
-        # frombuffer warns that bytes are read-only; we copy before any write.
+        # frombuffer warns that bytes are read-only: callers that might write ask for a copy.
         warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(data, dtype=torch_dtype).reshape(shape).clone()
+        view = torch.frombuffer(data, dtype=torch_dtype).reshape(shape)
+    return view.clone() if copy else view

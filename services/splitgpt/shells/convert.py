@@ -10,12 +10,19 @@ from ..rpc import common_pb2
 
 
 def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
-    data, dtype, shape = tensors.encode(t)
-    return common_pb2.Tensor(data=data, dtype=dtype, shape=shape)
+    return fill_tensor(common_pb2.Tensor(), t)
+
+
+def fill_tensor(message: common_pb2.Tensor, t: torch.Tensor) -> common_pb2.Tensor:
+    """Write `t` into a Tensor field in place (no intermediate message to copy)."""
+    message.data, message.dtype, shape = tensors.encode(t)
+    message.shape[:] = shape
+    return message
 
 
 def tensor_from_proto(t: common_pb2.Tensor) -> torch.Tensor:
-    return tensors.decode(t.data, t.dtype, list(t.shape))
+    """A read-only view over the message's bytes: hidden states are consumed, never written."""
+    return tensors.decode(t.data, t.dtype, list(t.shape), copy=False)
 
 
 def sampling_to_proto(s: SamplingSpec) -> common_pb2.SamplingParams:

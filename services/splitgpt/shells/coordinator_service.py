@@ -42,6 +42,9 @@ class CoordinatorSettings(BaseSettings):
     probe_timeout_s: float = 1.0
     step_timeout_s: float = 60.0
     max_batch_size: int = 64
+    # Micro-batches in flight at once (pipeline parallelism); 0: one per partition.
+    micro_batches: int = 0
+    prefill_chunk_tokens: int = 256
     log_level: str = "INFO"
 
 
@@ -132,6 +135,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 n_ctx=m.n_ctx,
                 vocab_size=m.vocab_size,
                 max_batch_size=self.settings.max_batch_size,
+                micro_batches=self.settings.micro_batches or None,
+                prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
             )
         return self.engine
 

@@ -6,9 +6,9 @@ import grpc
 import torch
 
 from ..core.engine import CacheRefused, NodeFailed
-from ..core.node_engine import StepInput, StepOutput
+from ..core.node_engine import StepBatch, StepResult
 from ..rpc import node_pb2, node_pb2_grpc
-from .convert import sampling_to_proto, tensor_from_proto, tensor_to_proto
+from .convert import fill_tensor, sampling_to_proto, tensor_from_proto
 from .grpc_runtime import insecure_channel
 
 
@@ -27,29 +27,23 @@ class GrpcNodeClient:
         reply = await self._call(self.stub.Embed, request)
         return [tensor_from_proto(h) for h in reply.hidden]
 
-    async def step(self, inputs: list[StepInput]) -> list[StepOutput]:
+    async def step(self, batch: StepBatch) -> StepResult:
         request = node_pb2.StepRequest(
             sequences=[
                 node_pb2.SequenceStep(
-                    session_id=x.session_id,
-                    position=x.position,
-                    hidden=tensor_to_proto(x.hidden),
-                    sampling=sampling_to_proto(x.sampling),
+                    session_id=s.session_id, position=s.position, length=s.length, sampling=sampling_to_proto(s.sampling)
                 )
-                for x in inputs
-            ]
+                for s in batch.sequences
+            ],
         )
+        fill_tensor(request.hidden, batch.hidden)
         reply = await self._call(self.stub.Step, request)
-        return [
-            StepOutput(
-                session_id=r.session_id,
-                hidden=tensor_from_proto(r.hidden) if r.HasField("hidden") else None,
-                token_id=r.token_id,
-                logprob=r.logprob,
-                next_input=tensor_from_proto(r.next_input) if r.HasField("next_input") else None,
-            )
-            for r in reply.results
-        ]
+        return StepResult(
+            hidden=tensor_from_proto(reply.hidden) if reply.HasField("hidden") else None,
+            token_ids=[r.token_id for r in reply.results],
+            logprobs=[r.logprob for r in reply.results],
+            next_input=tensor_from_proto(reply.next_input) if reply.HasField("next_input") else None,
+        )
 
     async def release(self, session_ids: list[str]) -> None:
         await self._call(self.stub.Release, node_pb2.ReleaseRequest(session_ids=session_ids))

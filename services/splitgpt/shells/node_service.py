@@ -16,12 +16,12 @@ from ..core import tensors
 from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from ..core.gpt2_partition import GPT2Partition
 from ..core.kv_cache import CacheBudgetExceeded, CacheMiss
-from ..core.node_engine import NodeEngine, StepInput, StepInputError, resident_bytes
+from ..core.node_engine import NodeEngine, SequenceStep, StepBatch, StepInputError, resident_bytes
 from ..core.partitioning import PartitionError, resolve_split
 from ..logs import configure
 from ..rpc import node_pb2, node_pb2_grpc
 from .cli_settings import settings_from_cli
-from .convert import sampling_from_proto, tensor_from_proto, tensor_to_proto
+from .convert import fill_tensor, sampling_from_proto, tensor_from_proto, tensor_to_proto
 from .grpc_runtime import GrpcServer
 
 log = logging.getLogger("splitgpt.node")
@@ -131,28 +131,29 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         await self._require_loaded(context)
         started = time.perf_counter()
         try:
-            inputs = [
-                StepInput(s.session_id, s.position, tensor_from_proto(s.hidden), sampling_from_proto(s.sampling))
-                for s in request.sequences
-            ]
-            outputs = await self._run(self.engine.step, inputs)
+            batch = StepBatch(
+                [SequenceStep(s.session_id, s.position, s.length, sampling_from_proto(s.sampling)) for s in request.sequences],
+                tensor_from_proto(request.hidden),
+            )
+            result = await self._run(self.engine.step, batch)
         except CacheMiss as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cache miss: {exc}")
         except (StepInputError, tensors.TensorFormatError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except CacheBudgetExceeded as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        results = [
-            node_pb2.SequenceResult(
-                session_id=o.session_id,
-                hidden=tensor_to_proto(o.hidden) if o.hidden is not None else None,
-                token_id=o.token_id,
-                logprob=o.logprob,
-                next_input=tensor_to_proto(o.next_input) if o.next_input is not None else None,
-            )
-            for o in outputs
-        ]
-        return node_pb2.StepResponse(results=results, compute_ms=(time.perf_counter() - started) * 1000)
+        reply = node_pb2.StepResponse(
+            results=[
+                node_pb2.SequenceResult(session_id=s.session_id, token_id=t, logprob=lp)
+                for s, t, lp in zip(batch.sequences, result.token_ids, result.logprobs, strict=False)
+            ]
+        )
+        if result.hidden is not None:
+            fill_tensor(reply.hidden, result.hidden)
+        if result.next_input is not None:
+            fill_tensor(reply.next_input, result.next_input)
+        reply.compute_ms = (time.perf_counter() - started) * 1000
+        return reply
 
     async def Release(self, request, context):
         await self._require_loaded(context)
