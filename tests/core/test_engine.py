@@ -9,6 +9,7 @@ import torch
 
 from splitgpt.core.engine import (
     CacheRefused,
+    NodeFailed,
     FinishEvent,
     GenerationEngine,
     GenerationError,
@@ -17,7 +18,7 @@ from splitgpt.core.engine import (
 )
 from splitgpt.core.gpt2_partition import GPT2Partition
 from splitgpt.core.kv_cache import CacheMiss
-from splitgpt.core.node_engine import NodeEngine
+from splitgpt.core.node_engine import NodeEngine, SequenceStep, StepBatch
 from splitgpt.core.partitioning import even_split
 from splitgpt.core.routing import Replica, Router
 from splitgpt.core.sampling import SamplingSpec
@@ -169,7 +170,7 @@ async def test_no_serving_replica_is_unavailable(cluster):
     nodes, router = cluster
     router.replicas[1].status = "UNREACHABLE"
     with pytest.raises(GenerationError, match="partition 1") as err:
-        await collect(make_engine(cluster), GenerationRequest("u", PROMPTS[0], 3))
+        await collect(make_engine(cluster, unavailable_grace_s=0.2), GenerationRequest("u", PROMPTS[0], 3))
     assert err.value.kind == "unavailable"
 
 
@@ -189,4 +190,86 @@ async def test_micro_batches_in_flight_give_the_same_tokens(cluster, hf_model, m
     results = await asyncio.gather(*(collect(engine, r) for r in reqs))
     for req, (tokens, _) in zip(reqs, results):
         assert tokens == hf_greedy(hf_model, req.prompt_ids, 6)
+    await engine.close()
+
+
+async def test_evicted_cache_is_replayed(tiny_checkpoint, hf_model):
+    """The KV budget evicts a sequence's cache (LRU); the next step replays it, output unchanged."""
+    ranges = even_split(4, 3)
+    nodes = {
+        f"p{i}": InProcessNode(
+            NodeEngine(GPT2Partition.from_checkpoint(tiny_checkpoint, s, e, i == 2), kv_max_tokens=100, kv_ttl_s=600)
+        )
+        for i, (s, e) in enumerate(ranges)
+    }
+    router = Router(3, [Replica(f"p{i}", f"inproc:{i}", i, status="SERVING") for i in range(3)])
+    engine = GenerationEngine(router, lambda r: nodes[r.node_id], eos_token_id=50256, n_ctx=128, vocab_size=50257)
+    prompt, tokens = PROMPTS[0], []
+    async for event in engine.generate(GenerationRequest("victim", prompt, max_tokens=30, ignore_eos=True)):
+        tokens.append(event.token_id) if isinstance(event, TokenEvent) else None
+        if len(tokens) == 10:
+            # Another session takes 90 of node 1's 100 tokens: the victim's 15 are evicted.
+            hog = nodes["p2"].engine.embed([(list(range(1000, 1090)), 0)])[0]
+            node0 = nodes["p0"].engine.step(StepBatch([SequenceStep("hog", 0, 90)], hog))
+            nodes["p1"].engine.step(StepBatch([SequenceStep("hog", 0, 90)], node0.hidden))
+            assert "victim" not in nodes["p1"].engine.cache
+            nodes["p1"].engine.release(["hog"])
+    assert tokens == hf_greedy(hf_model, prompt, 30)
+    await engine.close()
+
+
+async def test_failed_replica_moves_the_sequence_and_replays(tiny_checkpoint, hf_model):
+    """A step that fails on one replica opens its circuit; the sequence continues on the other."""
+    ranges = even_split(4, 2)
+    engines = {
+        f"p{p}r{r}": NodeEngine(GPT2Partition.from_checkpoint(tiny_checkpoint, s, e, p == 1), 4096, 600)
+        for p, (s, e) in enumerate(ranges)
+        for r in range(2)
+    }
+    dead: set[str] = set()
+
+    class Flaky(InProcessNode):
+        def __init__(self, name):
+            super().__init__(engines[name])
+            self.name = name
+
+        async def step(self, batch):
+            if self.name in dead:
+                raise NodeFailed(f"{self.name} is gone")
+            return await super().step(batch)
+
+    clients = {name: Flaky(name) for name in engines}
+    router = Router(2, [Replica(n, n, int(n[1]), status="SERVING") for n in engines])
+    engine = GenerationEngine(router, lambda r: clients[r.node_id], eos_token_id=50256, n_ctx=128, vocab_size=50257)
+    prompt, tokens, chains = PROMPTS[1], [], []
+    async for event in engine.generate(GenerationRequest("f", prompt, max_tokens=20, ignore_eos=True)):
+        if isinstance(event, FinishEvent):
+            break
+        tokens.append(event.token_id)
+        if len(tokens) == 7:
+            chains.append(engine.tasks()[0]["chain"])
+            dead.update(chains[0])  # kill both replicas in its chain
+    assert tokens == hf_greedy(hf_model, prompt, 20)
+    failed = [r for r in router.replicas if r.node_id in dead]
+    assert all(r.circuit == "open" and r.consecutive_failures == 1 for r in failed)
+    await engine.close()
+
+
+async def test_cancel_and_overload(cluster):
+    engine = make_engine(cluster, max_batch_size=1, max_queue=1)
+    first = engine.generate(GenerationRequest("a", PROMPTS[0], max_tokens=50, ignore_eos=True))
+    await anext(first)
+    second = engine.generate(GenerationRequest("b", PROMPTS[0], max_tokens=5, ignore_eos=True))
+    second_task = asyncio.ensure_future(collect(engine, GenerationRequest("b2", PROMPTS[0], 5, ignore_eos=True)))
+    await asyncio.sleep(0)
+    with pytest.raises(GenerationError) as err:
+        await anext(engine.generate(GenerationRequest("c", PROMPTS[0], max_tokens=5)))
+    assert err.value.kind == "overloaded"
+    assert {t["request_id"] for t in engine.tasks()} == {"a", "b2"}
+    assert engine.cancel("a") and not engine.cancel("nope")
+    events = [e async for e in first]
+    assert isinstance(events[-1], FinishEvent) and events[-1].finish_reason == "cancelled"
+    tokens, finish = await second_task
+    assert finish.finish_reason == "length" and len(tokens) == 5
+    await second.aclose()
     await engine.close()

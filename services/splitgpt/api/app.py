@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -96,9 +97,18 @@ def _routes():
     router = APIRouter()
 
     @router.post("/api/model/process", response_model=ProcessResponse, tags=["model"])
-    async def process(body: ProcessRequest, generation: Generation, x_request_id: RequestId = None) -> ProcessResponse:
+    async def process(
+        body: ProcessRequest, generation: Generation, request: Request, x_request_id: RequestId = None
+    ) -> ProcessResponse:
         """Generate a completion for `text` and return it whole."""
-        return await generation.process(body, _request_id(x_request_id))
+        work = asyncio.ensure_future(generation.process(body, _request_id(x_request_id)))
+        # A client that goes away cancels its generation (and so frees its caches on every node).
+        while not work.done():
+            await asyncio.wait([work], timeout=0.5)
+            if not work.done() and await request.is_disconnected():
+                work.cancel()
+                raise ApiError(499, "client_closed_request", "the client closed the connection")
+        return work.result()
 
     @router.post("/api/model/stream", tags=["model"], response_class=StreamingResponse)
     async def stream(body: ProcessRequest, generation: Generation, x_request_id: RequestId = None):
@@ -133,7 +143,7 @@ def _routes():
 
     @router.get("/api/cluster", tags=["ops"])
     async def cluster(backends: BackendsDep) -> dict:
-        """Every configured node: its partition, blocks and health."""
+        """Every node (replica): its partition, blocks, health, circuit, load and step latency."""
         state = await backends.cluster()
         return {
             "model": state.model_id,
@@ -144,10 +154,41 @@ def _routes():
                     "partition": n.partition,
                     "layers": [n.start_block, n.end_block] if n.end_block else None,
                     "status": n.status,
+                    "circuit": n.circuit,
+                    "consecutive_failures": n.consecutive_failures,
+                    "in_flight": n.in_flight,
+                    "latency_ewma_ms": n.latency_ewma_ms if n.HasField("latency_ewma_ms") else None,
                 }
                 for n in state.nodes
             ],
         }
+
+    @router.get("/api/tasks", tags=["ops"])
+    async def tasks(backends: BackendsDep) -> dict:
+        """Requests generating now: id, tokens so far, age, the chain of replicas."""
+        listing = await backends.tasks()
+        return {
+            "tasks": [
+                {
+                    "request_id": t.request_id,
+                    "state": t.state,
+                    "prompt_tokens": t.prompt_tokens,
+                    "generated_tokens": t.generated_tokens,
+                    "max_tokens": t.max_tokens,
+                    "age_s": round(t.age_s, 3),
+                    "chain": list(t.chain),
+                    "replays": t.replays,
+                }
+                for t in listing.tasks
+            ]
+        }
+
+    @router.delete("/api/tasks/{request_id}", tags=["ops"])
+    async def cancel_task(request_id: str, backends: BackendsDep) -> dict:
+        """Cancel a running request: its stream ends with finish_reason "cancelled"."""
+        if not await backends.cancel_task(request_id):
+            raise ApiError(404, "not_found", f"no running request has id {request_id!r}", param="request_id")
+        return {"request_id": request_id, "cancelled": True}
 
     return router
 

@@ -38,21 +38,35 @@ class DecodeStream:
 class Backends:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self.tokenizer_channel = insecure_channel(settings.tokenizer_address)
+        addresses = [a.strip() for a in settings.tokenizer_address.split(",") if a.strip()]
+        self.tokenizer_channels = [insecure_channel(a) for a in addresses]
+        self.tokenizers = [tokenizer_pb2_grpc.TokenizerStub(c) for c in self.tokenizer_channels]
+        self._preferred = 0  # the tokenizer replica that answered last
         self.coordinator_channel = insecure_channel(settings.coordinator_address)
-        self.tokenizer = tokenizer_pb2_grpc.TokenizerStub(self.tokenizer_channel)
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel)
         self._model: coordinator_pb2.ModelInfo | None = None
 
+    def _tokenizer_order(self) -> list[int]:
+        n = len(self.tokenizers)
+        return [(self._preferred + i) % n for i in range(n)]
+
     async def encode(self, text: str) -> list[int]:
-        try:
-            reply = await self.tokenizer.Encode(tokenizer_pb2.EncodeRequest(text=text), timeout=self.settings.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "tokenizer") from exc
-        return list(reply.ids)
+        """Encode on the tokenizer replica that answered last; an unreachable one is retried on the next."""
+        failure = None
+        for i in self._tokenizer_order():
+            try:
+                reply = await self.tokenizers[i].Encode(tokenizer_pb2.EncodeRequest(text=text), timeout=self.settings.rpc_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise from_grpc(exc, "tokenizer") from exc
+                failure = exc
+                continue
+            self._preferred = i
+            return list(reply.ids)
+        raise from_grpc(failure, "tokenizer") from failure
 
     def decode_stream(self) -> DecodeStream:
-        return DecodeStream(self.tokenizer, self.settings.request_timeout_s)
+        return DecodeStream(self.tokenizers[self._preferred], self.settings.request_timeout_s)
 
     async def model_info(self) -> coordinator_pb2.ModelInfo:
         """Context size, vocabulary and name of the served model (asked once)."""
@@ -74,13 +88,30 @@ class Backends:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, "coordinator") from exc
 
+    async def tasks(self) -> coordinator_pb2.TaskList:
+        try:
+            return await self.coordinator.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=self.settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "coordinator") from exc
+
+    async def cancel_task(self, request_id: str) -> bool:
+        try:
+            reply = await self.coordinator.CancelTask(
+                coordinator_pb2.CancelTaskRequest(request_id=request_id), timeout=self.settings.rpc_timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "coordinator") from exc
+        return reply.cancelled
+
     async def readiness(self) -> dict[str, str]:
+        statuses = [await probe_health(c, timeout_s=self.settings.rpc_timeout_s) for c in self.tokenizer_channels]
         return {
-            "tokenizer": await probe_health(self.tokenizer_channel, timeout_s=self.settings.rpc_timeout_s),
+            "tokenizer": "SERVING" if "SERVING" in statuses else statuses[0],
             "coordinator": await probe_health(self.coordinator_channel, timeout_s=self.settings.rpc_timeout_s),
         }
 
     async def close(self) -> None:
-        await self.tokenizer_channel.close()
+        for channel in self.tokenizer_channels:
+            await channel.close()
         await self.coordinator_channel.close()
 

@@ -9,7 +9,7 @@ class ApiSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    tokenizer_address: str = "127.0.0.1:50051"
+    tokenizer_address: str = "127.0.0.1:50051"  # several, comma-separated: tried in turn
     coordinator_address: str = "127.0.0.1:50050"
     request_timeout_s: float = 300.0
     rpc_timeout_s: float = 10.0

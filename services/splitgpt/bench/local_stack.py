@@ -62,6 +62,20 @@ class Stack:
     def node_address(self, partition: int, replica: int = 0) -> str:
         return f"127.0.0.1:{self.grpc_base + 50 + partition * self.replicas + replica}"
 
+    def node_pid(self, partition: int, replica: int = 0) -> int:
+        """The process serving that replica (found by its port on the command line)."""
+        port = self.node_address(partition, replica).rsplit(":", 1)[1]
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"node" in argv and b"--port" in argv and argv[argv.index(b"--port") + 1] == port.encode():
+                return int(proc.name)
+        raise LookupError(f"no node process on port {port}")
+
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -43,7 +43,7 @@ class NodeFailed(Exception):
 
 
 class GenerationError(Exception):
-    """A request that cannot be served. `kind`: invalid | unavailable | internal."""
+    """A request that cannot be served. `kind`: invalid | overloaded | unavailable | internal."""
 
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
@@ -77,7 +77,7 @@ class TokenEvent:
 
 @dataclass(frozen=True)
 class FinishEvent:
-    finish_reason: str  # "length" | "eos"
+    finish_reason: str  # "length" | "eos" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
     inference_ms: float
@@ -101,6 +101,7 @@ class _Sequence:
     total_ms: dict[int, float] = field(default_factory=dict)
     done: bool = False
     lane: _Lane | None = None
+    parked_since: float | None = None  # waiting for a partition to have a usable replica
 
     @property
     def session_id(self) -> str:
@@ -135,9 +136,11 @@ class GenerationEngine:
         n_ctx: int,
         vocab_size: int,
         max_batch_size: int = 64,
-        max_replays: int = 3,
+        max_replays: int = 5,
         micro_batches: int | None = None,
         prefill_chunk_tokens: int = 256,
+        max_queue: int = 256,
+        unavailable_grace_s: float = 10.0,
     ) -> None:
         self.router = router
         self.client_for = client_for
@@ -147,6 +150,11 @@ class GenerationEngine:
         self.max_batch_size = max_batch_size
         self.max_replays = max_replays
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.max_queue = max_queue
+        # A partition with no usable replica makes its sequences wait this long
+        # for one to come back (a restart, a probe) before they fail.
+        self.unavailable_grace_s = unavailable_grace_s
+        self._sequences: dict[str, _Sequence] = {}
         # Pipeline parallelism: this many micro-batches are in flight at once,
         # each in its own lane, so while one runs on partition 1 the next can
         # run on partition 0. One per partition fills the pipeline.
@@ -179,7 +187,14 @@ class GenerationEngine:
         sequence and frees its caches on every node.
         """
         self.validate(req)
+        if self.running >= self.max_batch_size + self.max_queue:
+            raise GenerationError(
+                "overloaded", f"{self.running} requests are running or queued (the limit): retry in a moment"
+            )
+        if req.request_id in self._sequences:
+            raise GenerationError("invalid", f"request id {req.request_id!r} is already running")
         seq = _Sequence(req)
+        self._sequences[req.request_id] = seq
         self._admit(seq)
         try:
             while True:
@@ -196,6 +211,31 @@ class GenerationEngine:
     @property
     def running(self) -> int:
         return sum(lane.load for lane in self._lanes)
+
+    def tasks(self) -> list[dict]:
+        """Running requests: id, tokens so far, age, the chain of replicas."""
+        now = time.perf_counter()
+        return [
+            {
+                "request_id": seq.session_id,
+                "prompt_tokens": len(seq.req.prompt_ids),
+                "generated_tokens": len(seq.generated),
+                "max_tokens": seq.req.max_tokens,
+                "age_s": now - seq.started,
+                "state": "queued" if seq.lane and seq in seq.lane.waiting else ("prefill" if seq.next_input is None else "decode"),
+                "chain": [r.node_id for r in seq.chain] if seq.chain else [],
+                "replays": seq.replays,
+            }
+            for seq in self._sequences.values()
+        ]
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request; its stream ends with finish_reason "cancelled" and its caches are freed."""
+        seq = self._sequences.get(request_id)
+        if seq is None or seq.done:
+            return False
+        self._finish(seq, "cancelled")
+        return True
 
     async def close(self) -> None:
         for lane in self._lanes:
@@ -236,18 +276,44 @@ class GenerationEngine:
     async def _iteration(self, batch: list[_Sequence]) -> None:
         for seq in batch:
             seq.step_ms = {}
-            if seq.chain is None:
-                try:
-                    seq.chain = self.router.chain()
-                except NoHealthyReplica as exc:
-                    self._fail(seq, GenerationError("unavailable", str(exc)))
-        rows = await self._inputs([s for s in batch if not s.done])
+            self._route(seq)
+        ready = [s for s in batch if not s.done and s.parked_since is None]
+        if not ready:
+            await asyncio.sleep(0.05)  # every sequence waits for a replica: don't spin
+            return
+        rows = await self._inputs(ready)
         for partition in range(self.router.num_partitions - 1):
             if not rows:
                 return
             rows = await self._run_partition(partition, rows)
         if rows:
             await self._run_partition(self.router.num_partitions - 1, rows)
+
+    def _route(self, seq: _Sequence) -> None:
+        """Give the sequence a usable replica for every partition.
+
+        It keeps its chain (affinity, where its caches are) until a replica
+        becomes unusable; then that partition moves to another replica and the
+        sequence is replayed from position 0 on the new chain.
+        """
+        try:
+            if seq.chain is None:
+                seq.chain = self.router.chain()
+            else:
+                moved = False
+                for p, replica in enumerate(seq.chain):
+                    if not self.router.usable(replica):
+                        seq.chain[p] = self.router.pick(p, avoid=replica)
+                        self._release_in_background(replica, seq.session_id)
+                        moved = True
+                if moved:
+                    self._replay(seq, "moved off an unusable replica")
+            seq.parked_since = None
+        except NoHealthyReplica as exc:
+            now = time.perf_counter()
+            seq.parked_since = seq.parked_since or now
+            if now - seq.parked_since > self.unavailable_grace_s:
+                self._fail(seq, GenerationError("unavailable", f"{exc} (waited {self.unavailable_grace_s:.0f}s for one)"))
 
     async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, torch.Tensor]:
         """Each sequence's rows into partition 0: its next token's embedding, or
@@ -267,7 +333,7 @@ class GenerationEngine:
                 budget -= len(chunks[seq])
         for replica, group in _group(list(chunks), lambda s: s.chain[-1]).items():
             try:
-                hidden = await self.client_for(replica).embed([(chunks[s], s.position) for s in group])
+                hidden = await self._unless_down(replica, self.client_for(replica).embed([(chunks[s], s.position) for s in group]))
             except NodeFailed as exc:
                 self._node_failed(replica, group, exc)
                 continue
@@ -295,7 +361,7 @@ class GenerationEngine:
         started = time.perf_counter()
         replica.in_flight += len(group)
         try:
-            result = await self.client_for(replica).step(batch)
+            result = await self._unless_down(replica, self.client_for(replica).step(batch))
         except CacheRefused as exc:
             for seq in group:
                 self._replay(seq, f"{replica.node_id} refused the step: {exc}")
@@ -306,6 +372,7 @@ class GenerationEngine:
         finally:
             replica.in_flight -= len(group)
         ms = (time.perf_counter() - started) * 1000
+        self.router.record_success(replica, ms)
         for seq in group:
             seq.step_ms[partition] = ms
             seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
@@ -347,10 +414,30 @@ class GenerationEngine:
         seq.next_input = None
         seq.position = 0
 
+    async def _unless_down(self, replica: Replica, call):
+        """Await `call`, or give up as soon as the replica is marked down
+        (a probe failed, another step on it failed): a cut link then costs a
+        probe interval, not a whole step deadline."""
+        if replica.down.is_set():
+            call.close()
+            raise NodeFailed(f"{replica.node_id} is marked down")
+        task = asyncio.ensure_future(call)
+        down = asyncio.ensure_future(replica.down.wait())
+        try:
+            await asyncio.wait([task, down], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise NodeFailed(f"{replica.node_id} was marked down while the call was in flight")
+
     def _node_failed(self, replica: Replica, group: list[_Sequence], exc: Exception) -> None:
-        log.warning("%s failed: %s", replica.node_id, exc)
+        """Mark the replica; its sequences move to another replica and replay there."""
+        log.warning("%s failed: %s; failing over %d sequences", replica.node_id, exc, len(group))
+        self.router.record_failure(replica)
         for seq in group:
-            self._fail(seq, GenerationError("unavailable", f"partition {replica.partition} node {replica.node_id} failed: {exc}"))
+            self._replay(seq, f"{replica.node_id} failed: {exc}")
 
     def _fail(self, seq: _Sequence, exc: GenerationError) -> None:
         if not seq.done:
@@ -374,17 +461,20 @@ class GenerationEngine:
                     partitions=partitions,
                 )
             )
-        if seq.chain is not None:
-            task = asyncio.create_task(self._release(seq.chain, seq.session_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._sequences.pop(seq.session_id, None)
+        for replica in seq.chain or []:
+            self._release_in_background(replica, seq.session_id)
 
-    async def _release(self, chain: list[Replica], session_id: str) -> None:
-        for replica in chain:
-            try:
-                await self.client_for(replica).release([session_id])
-            except NodeFailed as exc:  # its TTL frees it anyway
-                log.debug("release on %s failed: %s", replica.node_id, exc)
+    def _release_in_background(self, replica: Replica, session_id: str) -> None:
+        task = asyncio.create_task(self._release(replica, session_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release(self, replica: Replica, session_id: str) -> None:
+        try:
+            await self.client_for(replica).release([session_id])
+        except (NodeFailed, CacheRefused) as exc:  # its TTL frees it anyway
+            log.debug("release on %s failed: %s", replica.node_id, exc)
 
 
 def _group(seqs: list[_Sequence], key: Callable[[_Sequence], Replica]) -> dict[Replica, list[_Sequence]]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -26,6 +29,7 @@ log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
 STATUS_CODES = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
@@ -40,8 +44,12 @@ class CoordinatorSettings(BaseSettings):
     port: int = 50050
     health_interval_s: float = 1.0
     probe_timeout_s: float = 1.0
-    step_timeout_s: float = 60.0
+    step_timeout_s: float = 30.0
+    routing: str = "least_loaded"  # round_robin | least_loaded | latency
+    unavailable_grace_s: float = 10.0
     max_batch_size: int = 64
+    max_queue: int = 256
+    dns_refresh_s: float = 10.0
     # Micro-batches in flight at once (pipeline parallelism); 0: one per partition.
     micro_batches: int = 0
     prefill_chunk_tokens: int = 256
@@ -49,21 +57,40 @@ class CoordinatorSettings(BaseSettings):
 
 
 class Cluster:
-    """The configured replicas, kept current by grpc.health.v1 probes."""
+    """The configured replicas, kept current by grpc.health.v1 probes.
+
+    A node address whose host name resolves to several addresses (compose
+    `--scale`, a Kubernetes headless Service) stands for that many replicas;
+    the names are resolved again every `dns_refresh_s` and new ones join.
+    """
 
     def __init__(self, config: ClusterConfig, settings: CoordinatorSettings) -> None:
         self.config = config
         self.settings = settings
-        self.router = Router(config.num_partitions, [Replica(n.id, n.address, n.partition) for n in config.nodes])
-        self.clients = {r.node_id: GrpcNodeClient(r.address, settings.step_timeout_s) for r in self.router.replicas}
+        self.router = Router(config.num_partitions, strategy=settings.routing)
+        self.clients: dict[str, GrpcNodeClient] = {}
         self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
         self.changed = asyncio.Event()
+        self._next_dns = 0.0
 
     def client_for(self, replica: Replica) -> GrpcNodeClient:
         return self.clients[replica.node_id]
 
+    async def refresh_replicas(self) -> None:
+        known = {r.node_id for r in self.router.replicas}
+        for entry in self.config.nodes:
+            for node_id, address in await expand_address(entry.id, entry.address):
+                if node_id not in known:
+                    self.router.replicas.append(Replica(node_id, address, entry.partition))
+                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s)
+                    log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
+
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(r) for r in self.router.replicas))
+        if time.monotonic() >= self._next_dns:
+            await self.refresh_replicas()
+            self._next_dns = time.monotonic() + self.settings.dns_refresh_s
+        due = [r for r in self.router.replicas if self.router.due_for_probe(r)]
+        await asyncio.gather(*(self._probe(r) for r in due))
         self.changed.set()
 
     async def _probe(self, replica: Replica) -> None:
@@ -75,7 +102,7 @@ class Cluster:
             status = await self._check_identity(replica, client)
         if status != replica.status:
             log.info("%s (%s, partition %d): %s -> %s", replica.node_id, replica.address, replica.partition, replica.status, status)
-        replica.status = status
+        self.router.record_probe(replica, status)
 
     async def _check_identity(self, replica: Replica, client: GrpcNodeClient) -> str:
         """A node must serve the blocks this config gives its partition."""
@@ -115,6 +142,24 @@ class Cluster:
         await asyncio.gather(*(c.close() for c in self.clients.values()))
 
 
+async def expand_address(node_id: str, address: str) -> list[tuple[str, str]]:
+    """`host:port` -> one (id, address) per address the host resolves to."""
+    host, _, port = address.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return [(node_id, address)]  # a literal address is one replica
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return [(node_id, address)]  # unresolvable now: probed (and reported) as it is
+    addresses = sorted({info[4][0] for info in infos})
+    if len(addresses) <= 1:
+        return [(node_id, address)]
+    return [(f"{node_id}@{ip}", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in addresses]
+
+
 def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTiming]:
     return [coordinator_pb2.PartitionTiming(partition=t.partition, node_id=t.node_id, ms=t.ms) for t in items]
 
@@ -137,6 +182,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 max_batch_size=self.settings.max_batch_size,
                 micro_batches=self.settings.micro_batches or None,
                 prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
+                max_queue=self.settings.max_queue,
+                unavailable_grace_s=self.settings.unavailable_grace_s,
             )
         return self.engine
 
@@ -196,11 +243,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             start, end = r.layers or (0, 0)
             nodes.append(
                 coordinator_pb2.NodeState(
-                    id=r.node_id, address=r.address, partition=r.partition, start_block=start, end_block=end, status=r.status
+                    id=r.node_id, address=r.address, partition=r.partition, start_block=start, end_block=end,
+                    status=r.status, in_flight=r.in_flight, latency_ewma_ms=r.latency_ewma_ms,
+                    consecutive_failures=r.consecutive_failures, circuit=r.circuit,
                 )
-            )
+            )  # fmt: skip
         model_id = self.cluster.model.model_id if self.cluster.model else (self.cluster.config.model or self.settings.model_id)
         return coordinator_pb2.ClusterState(model_id=model_id, nodes=nodes)
+
+    async def ListTasks(self, request, context):
+        tasks = self.engine.tasks() if self.engine else []
+        return coordinator_pb2.TaskList(tasks=[coordinator_pb2.Task(**t) for t in tasks])
+
+    async def CancelTask(self, request, context):
+        cancelled = bool(self.engine and self.engine.cancel(request.request_id))
+        return coordinator_pb2.CancelTaskResponse(cancelled=cancelled)
 
 
 async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task]:

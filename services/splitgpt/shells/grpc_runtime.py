@@ -53,14 +53,19 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 
-    async def run_until_signal(self, grace_s: float = 5.0) -> None:
-        """Serve until SIGTERM/SIGINT, then report NOT_SERVING and drain."""
+    async def run_until_signal(self, grace_s: float = 5.0, drain_s: float = 0.0) -> None:
+        """Serve until SIGTERM/SIGINT; then report NOT_SERVING, keep serving for
+        `drain_s` so clients probing health move their work elsewhere, and stop,
+        letting calls in flight finish within `grace_s`."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("%s: draining (grace %.1fs)", self.service_name, grace_s)
+        log.info("%s: draining (NOT_SERVING for %.1fs, then %.1fs grace)", self.service_name, drain_s, grace_s)
+        await self.set_serving(False)
+        if drain_s > 0:
+            await asyncio.sleep(drain_s)
         await self.stop(grace_s)
 
 

@@ -43,6 +43,9 @@ class NodeSettings(BaseSettings):
     kv_max_tokens: int = 65536
     kv_ttl_s: float = 600.0
     torch_threads: int = 0  # 0: leave torch's default
+    # After SIGTERM: NOT_SERVING but still answering for this long, so the
+    # coordinator (probing every second or so) moves its sequences first.
+    drain_s: float = 3.0
     log_level: str = "INFO"
 
 
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         server = await start(settings)
-        await server.run_until_signal()
+        await server.run_until_signal(drain_s=settings.drain_s)
 
     try:
         asyncio.run(run())
