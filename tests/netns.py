@@ -224,6 +224,11 @@ class Hosts:
 
     # -- processes ----------------------------------------------------------
 
+    @property
+    def processes(self) -> list[subprocess.Popen]:
+        """Everything spawned so far (still running or not)."""
+        return list(self._procs)
+
     def spawn(self, host: str, argv: list[str], env: dict[str, str] | None, log_path: Path | str) -> subprocess.Popen:
         """Run argv inside the host's namespace (own session); killed with its group on exit."""
         log = open(log_path, "wb")

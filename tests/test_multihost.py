@@ -184,7 +184,7 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
             )
 
             def ready() -> bool:
-                for proc in [*root_procs, *hosts._procs]:
+                for proc in [*root_procs, *hosts.processes]:
                     if proc.poll() is not None:
                         raise AssertionError(f"{proc.args[:8]} exited with {proc.returncode}\n{_logs(log_dir)}")
                 try:
@@ -204,7 +204,9 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
             except TimeoutError as exc:
                 pytest.fail(f"{exc}: {_cluster(url)}\n{_logs(log_dir)}")
 
-            # -- fault-free run ---------------------------------------------------------
+            # -- warm-up (first steps on every node), then the fault-free run ------------
+            warm, _ = _post_all(url, [{"text": p, "max_tokens": 4, "ignore_eos": True} for p in PROMPTS])
+            assert all(not isinstance(r, BaseException) and r.status_code == 200 for r in warm), [_describe(r) for r in warm]
             bodies = [{"text": p, "max_tokens": MAX_TOKENS, "ignore_eos": True} for p in PROMPTS]
             results, clean_s = _post_all(url, bodies)
             bad = [f"{p!r}: {_describe(r)}" for p, r in zip(PROMPTS, results) if isinstance(r, BaseException) or r.status_code != 200]
@@ -219,11 +221,13 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
             # -- faulted run: cut one replica of every partition mid-generation ---------
             faulted_bodies = [{**b, "stop": [NEVER]} for b in bodies]
             outcome: dict = {}
-
             request_ids = [f"multihost-{i}-{os.getpid()}" for i in range(len(PROMPTS))]
 
             def run_faulted() -> None:
-                outcome["results"], outcome["wall_s"] = _post_all(url, faulted_bodies, request_ids)
+                try:
+                    outcome["results"], outcome["wall_s"] = _post_all(url, faulted_bodies, request_ids)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+                    outcome["error"] = exc
 
             runner = threading.Thread(target=run_faulted, daemon=True)
             t_start = time.monotonic()
@@ -270,6 +274,8 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
                 time.sleep(0.05)
             runner.join(timeout=REQUEST_TIMEOUT_S + 15)
             assert not runner.is_alive(), "the faulted run did not return"
+            if "error" in outcome:
+                raise outcome["error"]
             results, faulted_s = outcome["results"], outcome["wall_s"]
             print(
                 f"[multihost] faulted run: {faulted_s:.2f}s vs fault-free {clean_s:.2f}s "

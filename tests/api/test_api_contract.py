@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+
+import httpx
 
 import pytest
 import torch
@@ -163,3 +166,62 @@ def test_ops_endpoints(api):
     ]
     assert api.get("/docs").status_code == 200
     assert "/api/model/process" in api.get("/openapi.json").json()["paths"]
+
+
+def test_tasks_list_and_cancel(api, stack):
+    import threading
+
+    result = {}
+
+    def long_request():
+        with httpx.Client(base_url=stack.url, timeout=60) as c:
+            result["r"] = c.post(
+                "/api/model/process", json={"text": "A long one", "max_tokens": 100, "ignore_eos": True},
+                headers={"X-Request-ID": "to-cancel"},
+            )  # fmt: skip
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not any(t["request_id"] == "to-cancel" for t in api.get("/api/tasks").json()["tasks"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    task = next(t for t in api.get("/api/tasks").json()["tasks"] if t["request_id"] == "to-cancel")
+    assert task["chain"] == ["part0-r0", "part1-r0", "part2-r0"] and task["max_tokens"] == 100
+    assert api.delete("/api/tasks/to-cancel").json() == {"request_id": "to-cancel", "cancelled": True}
+    worker.join(30)
+    body = result["r"].json()
+    assert result["r"].status_code == 200 and body["finish_reason"] == "cancelled"
+    assert body["usage"]["completion_tokens"] < 100
+    r = api.delete("/api/tasks/to-cancel")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+
+
+def test_a_client_that_disconnects_frees_its_caches_on_every_node(api, stack):
+    with httpx.Client(base_url=stack.url, timeout=60) as c:
+        with c.stream("POST", "/api/model/stream", json={"text": "Bye", "max_tokens": 110, "ignore_eos": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: token"):
+                    break  # leave after the first token
+    deadline = time.monotonic() + 10
+    while api.get("/api/tasks").json()["tasks"]:
+        assert time.monotonic() < deadline, "the generation was not cancelled"
+        time.sleep(0.05)
+    for p in range(3):
+        assert node_cached_sessions(stack.node_address(p)) == 0
+
+
+def node_cached_sessions(address: str) -> int:
+    import asyncio
+
+    from splitgpt.rpc import node_pb2, node_pb2_grpc
+    from splitgpt.shells.grpc_runtime import insecure_channel
+
+    async def ask():
+        async with insecure_channel(address) as channel:
+            return (await node_pb2_grpc.PartitionNodeStub(channel).Info(node_pb2.NodeInfoRequest())).cached_sessions
+
+    deadline = time.monotonic() + 5
+    while (n := asyncio.run(ask())) and time.monotonic() < deadline:
+        time.sleep(0.05)  # releases are sent in the background
+    return n
