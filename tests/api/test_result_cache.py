@@ -48,3 +48,17 @@ def test_api_caches_in_redis_and_keeps_serving_when_it_dies(stack, redis_server)
         assert r.status_code == 200 and r.json()["cached"] is False
     finally:
         api.stop()
+
+
+def test_an_unreachable_tokenizer_replica_is_skipped(stack):
+    """With two tokenizer addresses and the first one dead, requests are served by the second."""
+    from splitgpt.bench.local_stack import free_port_base
+
+    dead = f"127.0.0.1:{free_port_base(1)}"  # nothing listens there
+    api = ApiProcess(f"{dead},127.0.0.1:{stack.grpc_base + 1}", f"127.0.0.1:{stack.grpc_base}")
+    try:
+        r = httpx.post(f"{api.url}/api/model/process", json={"text": "Tokenizer failover", "max_tokens": 3}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{api.url}/api/ready").status_code == 200
+    finally:
+        api.stop()

@@ -73,3 +73,16 @@ def test_no_usable_replica_names_the_partition():
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="round_robin"):
         Router(1, [], strategy="random")
+
+
+def test_one_missed_probe_is_not_a_dead_node_but_two_are():
+    r = router("round_robin")
+    rep = r.replicas[0]
+    r.record_probe(rep, "UNREACHABLE")
+    assert r.usable(rep)
+    r.record_probe(rep, "UNREACHABLE")
+    assert not r.usable(rep) and rep.down.is_set()
+    r.record_probe(rep, "SERVING")
+    assert r.usable(rep)
+    r.record_probe(rep, "NOT_SERVING")  # draining: believed at once
+    assert not r.usable(rep)

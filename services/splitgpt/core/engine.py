@@ -136,7 +136,7 @@ class GenerationEngine:
         n_ctx: int,
         vocab_size: int,
         max_batch_size: int = 64,
-        max_replays: int = 5,
+        max_replays: int = 8,
         micro_batches: int | None = None,
         prefill_chunk_tokens: int = 256,
         max_queue: int = 256,
@@ -436,8 +436,11 @@ class GenerationEngine:
         """Mark the replica; its sequences move to another replica and replay there."""
         log.warning("%s failed: %s; failing over %d sequences", replica.node_id, exc, len(group))
         self.router.record_failure(replica)
+        # No replay is counted here: the next iteration moves these sequences
+        # off the replica (`_route`), and that move is the replay that counts.
         for seq in group:
-            self._replay(seq, f"{replica.node_id} failed: {exc}")
+            seq.next_input = None
+            seq.position = 0
 
     def _fail(self, seq: _Sequence, exc: GenerationError) -> None:
         if not seq.done:

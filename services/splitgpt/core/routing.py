@@ -33,6 +33,7 @@ class Replica:
     layers: tuple[int, int] | None = None  # [start, end) as the node reports it
     latency_ewma_ms: float | None = None  # of its step calls
     consecutive_failures: int = 0
+    missed_probes: int = 0  # consecutive probes that got no answer
     open_until: float = 0.0  # circuit open (not routed to) until this monotonic time
     # Set while the replica is unusable, so steps waiting on it give up at once.
     down: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,6 +54,10 @@ class Router:
     base_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     ewma_alpha: float = 0.2
+    # A SERVING replica is marked down after this many unanswered probes in a
+    # row (one slow answer on a busy host is not a dead node); an explicit
+    # NOT_SERVING (draining) or a failed step counts at once.
+    missed_probes_to_down: int = 2
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
@@ -103,6 +108,13 @@ class Router:
         replica.down.set()
 
     def record_probe(self, replica: Replica, status: str) -> None:
+        if status == "UNREACHABLE" and replica.status == "SERVING" and replica.consecutive_failures == 0:
+            # Tolerated only while its steps succeed: after a failed step, silence is believed at once.
+            replica.missed_probes += 1
+            if replica.missed_probes < self.missed_probes_to_down:
+                return
+        else:
+            replica.missed_probes = 0
         replica.status = status
         if status != "SERVING":
             replica.down.set()
