@@ -225,3 +225,17 @@ def node_cached_sessions(address: str) -> int:
     while (n := asyncio.run(ask())) and time.monotonic() < deadline:
         time.sleep(0.05)  # releases are sent in the background
     return n
+
+
+def test_prometheus_metrics(api):
+    api.post("/api/model/process", json={"text": "Count me", "max_tokens": 4, "ignore_eos": True, "seed": 3, "temperature": 0.5})
+    api.post("/api/model/process", json={"text": ""})
+    text = api.get("/metrics").text
+    assert 'splitgpt_requests_total{endpoint="/api/model/process",status="200"}' in text
+    assert 'splitgpt_requests_total{endpoint="/api/model/process",status="422"}' in text
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["splitgpt_generated_tokens_total"] >= 4
+    assert samples["splitgpt_time_to_first_token_seconds_count"] >= 1
+    assert samples["splitgpt_inter_token_latency_seconds_count"] >= 3
+    for p in range(3):
+        assert samples[f'splitgpt_partition_step_seconds_count{{partition="{p}"}}'] >= 4

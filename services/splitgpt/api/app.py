@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,12 +14,14 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .backends import Backends
 from .cache import make_cache
 from .errors import ApiError
 from .generation import Done, GenerationService, TextDelta
+from .metrics import ApiMetrics
 from .schemas import ProcessRequest, ProcessResponse
 from .settings import ApiSettings
 
@@ -26,12 +29,14 @@ log = logging.getLogger("splitgpt.api")
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
+    metrics = ApiMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         backends = Backends(settings)
         cache = make_cache(settings.redis_url, settings.cache_max_entries, settings.cache_ttl_s)
         app.state.backends = backends
-        app.state.generation = GenerationService(backends, cache)
+        app.state.generation = GenerationService(backends, cache, metrics)
         yield
         await cache.close()
         await backends.close()
@@ -43,6 +48,23 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def _count_generation_requests(request: Request, call_next):
+        endpoint = request.url.path
+        if endpoint not in ("/api/model/process", "/api/model/stream"):
+            return await call_next(request)
+        started = time.perf_counter()
+        response = await call_next(request)
+        # For a stream this is the time to its first byte; ITL and TTFT histograms cover the rest.
+        metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -15,6 +15,7 @@ from ..rpc import common_pb2, coordinator_pb2
 from .backends import Backends
 from .cache import ResultCache
 from .errors import ApiError, from_grpc
+from .metrics import ApiMetrics
 from .schemas import PartitionTimingOut, ProcessRequest, ProcessResponse, Timings, Usage
 
 
@@ -43,9 +44,10 @@ class _Run:
 
 
 class GenerationService:
-    def __init__(self, backends: Backends, cache: ResultCache) -> None:
+    def __init__(self, backends: Backends, cache: ResultCache, metrics: ApiMetrics) -> None:
         self.backends = backends
         self.cache = cache
+        self.metrics = metrics
 
     async def process(self, body: ProcessRequest, request_id: str) -> ProcessResponse:
         done = None
@@ -63,7 +65,9 @@ class GenerationService:
         """
         run = await self._prepare(body, request_id)
         if run.cache_key is not None:
+            errors = self.cache.errors
             hit = await self.cache.get(run.cache_key)
+            self.metrics.cache.labels("error" if self.cache.errors > errors else ("hit" if hit else "miss")).inc()
             if hit is not None:
                 response = self._cached_response(run, hit)
                 yield TextDelta(response.generated_text, -1, 0)
@@ -118,7 +122,7 @@ class GenerationService:
         text: list[str] = []
         finish: coordinator_pb2.FinishEvent | None = None
         completion_tokens = 0
-        t0 = time.perf_counter()
+        t0 = last_token_at = time.perf_counter()
         try:
             async for event in call:
                 if event.HasField("finish"):
@@ -126,7 +130,15 @@ class GenerationService:
                     break
                 token = event.token
                 completion_tokens += 1
+                now = time.perf_counter()
+                if completion_tokens == 1:
+                    self.metrics.ttft.observe(now - run.started)
+                else:
+                    self.metrics.itl.observe(now - last_token_at)
+                last_token_at = now
+                self.metrics.generated_tokens.inc()
                 for t in token.partitions:
+                    self.metrics.partition_step.labels(str(t.partition)).observe(t.ms / 1000)
                     k = (t.partition, t.node_id)
                     run.partition_ms[k] = run.partition_ms.get(k, 0.0) + t.ms
                 piece = stopper.push(await decoder.push([token.token_id]))

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the gateway (`GET /metrics`).
+
+Names follow Prometheus conventions: the `splitgpt_` prefix, base units,
+`_total` on counters, histograms for latencies, low-cardinality labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "splitgpt_requests_total", "Generation requests by endpoint and HTTP status", ["endpoint", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "splitgpt_request_duration_seconds", "End-to-end generation request time", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.generated_tokens = Counter("splitgpt_generated_tokens_total", "Tokens generated", registry=r)
+        self.ttft = Histogram(
+            "splitgpt_time_to_first_token_seconds", "Request start to its first token", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "splitgpt_inter_token_latency_seconds", "Gap between consecutive tokens of a request",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.partition_step = Histogram(
+            "splitgpt_partition_step_seconds", "One step on one partition, as the coordinator timed it", ["partition"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cache = Counter("splitgpt_cache_lookups_total", "Result-cache lookups by result", ["result"], registry=r)
