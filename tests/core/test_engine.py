@@ -47,17 +47,21 @@ class InProcessNode:
         self.engine.release(session_ids)
 
 
-@pytest.fixture
-def cluster(tiny_checkpoint):
-    ranges = even_split(4, 3)
+def three_nodes(checkpoint, kv_max_tokens: int = 4096):
+    """Partitions p0, p1, p2 of the tiny model, one replica each, all SERVING."""
     nodes = {
         f"p{i}": InProcessNode(
-            NodeEngine(GPT2Partition.from_checkpoint(tiny_checkpoint, s, e, i == 2), kv_max_tokens=4096, kv_ttl_s=600)
+            NodeEngine(GPT2Partition.from_checkpoint(checkpoint, s, e, i == 2), kv_max_tokens=kv_max_tokens, kv_ttl_s=600)
         )
-        for i, (s, e) in enumerate(ranges)
+        for i, (s, e) in enumerate(even_split(4, 3))
     }
     router = Router(3, [Replica(f"p{i}", f"inproc:{i}", i, status="SERVING") for i in range(3)])
     return nodes, router
+
+
+@pytest.fixture
+def cluster(tiny_checkpoint):
+    return three_nodes(tiny_checkpoint)
 
 
 def make_engine(cluster, **kw) -> GenerationEngine:
@@ -195,15 +199,8 @@ async def test_micro_batches_in_flight_give_the_same_tokens(cluster, hf_model, m
 
 async def test_evicted_cache_is_replayed(tiny_checkpoint, hf_model):
     """The KV budget evicts a sequence's cache (LRU); the next step replays it, output unchanged."""
-    ranges = even_split(4, 3)
-    nodes = {
-        f"p{i}": InProcessNode(
-            NodeEngine(GPT2Partition.from_checkpoint(tiny_checkpoint, s, e, i == 2), kv_max_tokens=100, kv_ttl_s=600)
-        )
-        for i, (s, e) in enumerate(ranges)
-    }
-    router = Router(3, [Replica(f"p{i}", f"inproc:{i}", i, status="SERVING") for i in range(3)])
-    engine = GenerationEngine(router, lambda r: nodes[r.node_id], eos_token_id=50256, n_ctx=128, vocab_size=50257)
+    nodes, router = three_nodes(tiny_checkpoint, kv_max_tokens=100)
+    engine = make_engine((nodes, router))
     prompt, tokens = PROMPTS[0], []
     async for event in engine.generate(GenerationRequest("victim", prompt, max_tokens=30, ignore_eos=True)):
         tokens.append(event.token_id) if isinstance(event, TokenEvent) else None
