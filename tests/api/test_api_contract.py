@@ -195,6 +195,9 @@ def test_tasks_list_and_cancel(api, stack):
     assert body["usage"]["completion_tokens"] < 100
     r = api.delete("/api/tasks/to-cancel")
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+    # The cut-short result was not cached: the same request runs in full.
+    again = api.post("/api/model/process", json={"text": "A long one", "max_tokens": 100, "ignore_eos": True}).json()
+    assert again["cached"] is False and again["usage"]["completion_tokens"] == 100
 
 
 def test_a_client_that_disconnects_frees_its_caches_on_every_node(api, stack):

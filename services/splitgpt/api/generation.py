@@ -175,7 +175,7 @@ class GenerationService:
             model=run.model.model_id,
             metadata=body.metadata,
         )
-        if run.cache_key is not None:
+        if run.cache_key is not None and reason != "cancelled":  # a cut-short result is not the result
             await self.cache.set(run.cache_key, response.model_dump_json(exclude={"metadata", "request_id", "cached"}))
         yield Done(response)
 
