@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -113,9 +113,7 @@ def _request_id(given: str | None) -> str:
     return given if given and len(given) <= 128 else uuid.uuid4().hex
 
 
-def _routes():
-    from fastapi import APIRouter
-
+def _routes() -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/model/process", response_model=ProcessResponse, tags=["model"])
