@@ -23,10 +23,19 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_base(span: int) -> int:
-    """A base port with [base, base + span) free."""
+    """A base port with [base, base + span) free, below the ephemeral range
+    (where the kernel picks client ports, a free port can be taken at any moment)."""
+    top = min(_ephemeral_low(), 40000) - span
     for _ in range(200):
-        base = random.randrange(20000, 40000)
+        base = random.randrange(10000, top)
         if all(port_is_free(base + i) for i in range(span)):
             return base
     raise RuntimeError("no free port range on 127.0.0.1")
