@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
-from splitgpt.bench.local_stack import free_port_base
+from splitgpt.bench.local_stack import free_port_base, wait_until_ready
 
 
 def require(binary: str) -> str:
@@ -69,16 +68,7 @@ class ApiProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/api/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the API process did not become ready")
-            time.sleep(0.2)
+        wait_until_ready(self.url, self.process, 60)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -41,6 +41,21 @@ def free_port_base(span: int) -> int:
     raise RuntimeError("no free port range on 127.0.0.1")
 
 
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, logs=lambda: "") -> None:
+    """Poll `url`/api/ready until 200; fail early if `process` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"splitgpt {process.args[3]} exited with {process.returncode}:\n{logs()}")
+        try:
+            if httpx.get(f"{url}/api/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready in {timeout_s}s:\n{logs()}")
+
+
 class Stack:
     def __init__(
         self,
@@ -86,17 +101,7 @@ class Stack:
         raise LookupError(f"no node process on port {port}")
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"splitgpt up exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/api/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"stack not ready in {timeout_s}s:\n{self.log_path.read_text()[-3000:]}")
+        wait_until_ready(self.url, self.process, timeout_s, lambda: self.log_path.read_text()[-3000:])
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -107,6 +107,11 @@ class _Sequence:
     def session_id(self) -> str:
         return self.req.request_id
 
+    def restart(self) -> None:
+        """Run the whole history again from position 0 at the next iteration."""
+        self.next_input = None
+        self.position = 0
+
     @property
     def history(self) -> list[int]:
         return self.req.prompt_ids + self.generated
@@ -411,8 +416,7 @@ class GenerationEngine:
             self._fail(seq, GenerationError("unavailable", f"gave up after {self.max_replays} replays: {why}"))
             return
         log.info("replaying %s from position 0 (%s)", seq.session_id, why)
-        seq.next_input = None
-        seq.position = 0
+        seq.restart()
 
     async def _unless_down(self, replica: Replica, call):
         """Await `call`, or give up as soon as the replica is marked down
@@ -439,8 +443,7 @@ class GenerationEngine:
         # No replay is counted here: the next iteration moves these sequences
         # off the replica (`_route`), and that move is the replay that counts.
         for seq in group:
-            seq.next_input = None
-            seq.position = 0
+            seq.restart()
 
     def _fail(self, seq: _Sequence, exc: GenerationError) -> None:
         if not seq.done:
