@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from transformers import GPT2LMHeadModel
 
-from splitgpt.core.tiny_model import write_checkpoint  # noqa: E402
+from splitgpt.core.tiny_model import GPT2_SMALL, write_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hf_model(tiny_checkpoint) -> GPT2LMHeadModel:
     return GPT2LMHeadModel.from_pretrained(tiny_checkpoint).eval()
+
+
+@pytest.fixture(scope="session")
+def gpt2_small_checkpoint(tmp_path_factory) -> Path:
+    """Random weights in GPT-2-small's geometry (124 M parameters), no tokenizer files."""
+    return write_checkpoint(tmp_path_factory.mktemp("gpt2-small"), seed=0, with_tokenizer=False, **GPT2_SMALL)

@@ -10,6 +10,7 @@ from transformers import GPT2Config, GPT2Model
 from splitgpt.core import checkpoint
 from splitgpt.core.checkpoint import BLOCK_PARAMS, CheckpointIndex, ModelSourceError, resolve_model_dir
 from splitgpt.core.gpt2_partition import GPT2Partition
+from splitgpt.core.kv_cache import SessionKV
 
 
 @pytest.fixture
@@ -70,13 +71,20 @@ def test_unprefixed_keys_load_the_same_weights(tiny_checkpoint, hf_model, tmp_pa
     base.save_pretrained(tmp_path, safe_serialization=True)
     assert not any(k.startswith("transformer.") for k in CheckpointIndex(tmp_path).names())
     prompt = [15496, 11, 616, 1438, 318]
-    for start, end, last in [(0, 2, False), (2, 4, True)]:
-        a = GPT2Partition.from_checkpoint(tiny_checkpoint, start, end, last)
-        b = GPT2Partition.from_checkpoint(tmp_path, start, end, last)
-        assert a.tensor_names == b.tensor_names
-        for name in a.tensor_names:
-            assert torch.equal(a._params[name], b._params[name])
-    assert b.parameter_count > 0 and prompt
+    first = [GPT2Partition.from_checkpoint(d, 0, 2, False) for d in (tiny_checkpoint, tmp_path)]
+    last = [GPT2Partition.from_checkpoint(d, 2, 4, True) for d in (tiny_checkpoint, tmp_path)]
+    assert first[0].tensor_names == first[1].tensor_names and last[0].tensor_names == last[1].tensor_names
+    assert first[0].parameter_bytes == first[1].parameter_bytes > 0
+    # The same weights: the same logits, bit for bit, from the same input.
+    logits = []
+    for a, b in zip(first, last, strict=True):
+        hidden = a.forward(b.embed(prompt, 0), [len(prompt)], [_kv(a)])
+        logits.append(b.logits(b.forward(hidden, [len(prompt)], [_kv(b)])[-1:]))
+    assert torch.equal(logits[0], logits[1])
+
+
+def _kv(part: GPT2Partition) -> SessionKV:
+    return SessionKV(part.n_local_layers, part.n_heads, part.head_dim, part.dtype, part.device)
 
 
 def test_sharded_checkpoint_reads_across_files(tiny_checkpoint, tmp_path):

@@ -15,15 +15,14 @@ import sys
 import pytest
 
 from splitgpt.core.checkpoint import CheckpointIndex
-from splitgpt.core.tiny_model import GPT2_SMALL, write_checkpoint
 from splitgpt.rpc import node_pb2, node_pb2_grpc
 from splitgpt.shells.grpc_runtime import insecure_channel, probe_health
 from splitgpt.bench.local_stack import free_port_base
 
 
-@pytest.fixture(scope="module")
-def gpt2_small(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("gpt2-small"), seed=0, with_tokenizer=False, **GPT2_SMALL)
+@pytest.fixture
+def gpt2_small(gpt2_small_checkpoint):
+    return gpt2_small_checkpoint
 
 
 async def node_infos(model_dir, split: str) -> list[node_pb2.NodeInfo]:

@@ -4,7 +4,9 @@
 2. output tokens/s at 32 concurrent requests x 64 tokens vs HF batch 32;
 3. TTFT, TPOT and ITL p50/p99 (vLLM benchmark_serving definitions);
 4. the same at 1, 4, 16, 64 concurrent requests, as a curve.
-Ratios are against the baseline measured in this same run, on this machine.
+Ratios are against the baseline measured in this same run, on this machine:
+baseline and stack take turns, and each ratio pairs measurements made back to
+back, so a machine whose speed drifts does not tilt the comparison.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 
 from ..core.tiny_model import GPT2_SMALL, write_checkpoint
+from .hf_baseline import HFBaseline
 from .load import run_load
 from .local_stack import Stack
 
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--curve", default="1,4,16,64", help="concurrency levels")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="HF baseline's torch threads")
+    p.add_argument("--rounds", type=int, default=3, help="baseline/stack pairs for the headline ratios")
     p.add_argument("--stack-args", default="", help="extra `splitgpt up` arguments")
     return p.parse_args(argv)
 
@@ -56,26 +58,43 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}"
 
 
-def hf_baseline(model: Path, args: argparse.Namespace, batches: list[int]) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "splitgpt.bench.hf_baseline", str(model), "--threads", str(args.threads),
-         "--batches", ",".join(map(str, batches)), "--new-tokens", str(args.new_tokens)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-async def measure_stack(url: str, args: argparse.Namespace, levels: list[int]) -> dict:
-    n = args.new_tokens
-    async with httpx.AsyncClient(timeout=120) as client:  # warm every process's first-request paths
+async def warm_up(url: str) -> None:
+    async with httpx.AsyncClient(timeout=120) as client:  # every process's first-request paths
         for i in range(2):
             await client.post(f"{url}/api/model/process", json={"text": f"warm up {i}", "max_tokens": 8, "ignore_eos": True})
-    single = await run_load(url, concurrency=1, requests=3, max_tokens=n, first_index=1000)
-    at32 = await run_load(url, concurrency=32, requests=32, max_tokens=n, first_index=2000)
-    curve = []
+
+
+def measure(hf: HFBaseline, url: str, args: argparse.Namespace, levels: list[int]) -> dict:
+    """Baseline and stack alternately, each pair seconds apart; ratios per round, then their median."""
+    n = args.new_tokens
+    asyncio.run(warm_up(url))
+    rounds = []
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds} ...", flush=True)
+        hf_single = hf.single_stream(repeats=3, seed=100 * r)
+        single = asyncio.run(run_load(url, concurrency=1, requests=3, max_tokens=n, first_index=1000 + 100 * r))
+        hf_32 = hf.batch(32, seed=32 + r)
+        at32 = asyncio.run(run_load(url, concurrency=32, requests=32, max_tokens=n, first_index=2000 + 100 * r))
+        rounds.append(
+            {
+                "hf_single_stream_decode_ms_per_token": hf_single["decode_ms_per_token"],
+                "hf_batch_32_output_tokens_per_s": hf_32["output_tokens_per_s"],
+                "single_stream": single,
+                "concurrent_32": at32,
+                "single_stream_ratio": single["tpot_ms"]["mean"] / hf_single["decode_ms_per_token"],
+                "throughput_32_ratio": at32["output_tokens_per_s"] / hf_32["output_tokens_per_s"],
+            }
+        )
+    curve, hf_curve = [], {}
     for i, c in enumerate(levels):
-        curve.append(await run_load(url, concurrency=c, requests=max(c, 4), max_tokens=n, first_index=3000 + 1000 * i))
-    return {"single_stream": single, "concurrent_32": at32, "curve": curve}
+        print(f"curve: {c} concurrent ...", flush=True)
+        hf_curve[str(c)] = hf.batch(c)["output_tokens_per_s"]
+        curve.append(asyncio.run(run_load(url, concurrency=c, requests=max(c, 4), max_tokens=n, first_index=5000 + 1000 * i)))
+    return {"rounds": rounds, "curve": curve, "hf_curve": hf_curve}
+
+
+def median_round(rounds: list[dict], key: str) -> dict:
+    return sorted(rounds, key=lambda r: r[key])[len(rounds) // 2]
 
 
 def report(results: dict) -> str:
@@ -87,8 +106,15 @@ def report(results: dict) -> str:
         f"HF {hf['single_stream_decode_ms_per_token']:.1f} ms/token -> ratio {r['single_stream_decode']:.3f} "
         f"(target <= {SINGLE_STREAM_TARGET})",
         f"32 concurrent x {results['new_tokens']} tokens: stack {st['concurrent_32']['output_tokens_per_s']:.1f} tok/s, "
-        f"HF batch 32 {hf['batched_output_tokens_per_s']['32']:.1f} tok/s -> ratio {r['throughput_32']:.3f} "
-        f"(target >= {THROUGHPUT_TARGET}); failed requests {st['concurrent_32']['failed']}",
+        f"HF batch 32 {hf['batch_32_output_tokens_per_s']:.1f} tok/s -> ratio {r['throughput_32']:.3f} "
+        f"(target >= {THROUGHPUT_TARGET}); failed requests in the whole run {results['failed_requests']}",
+        "rounds (baseline and stack back to back; the headline is the median round):",
+        *(
+            f"  {i + 1}: single-stream {x['stack_single_stream_ms_per_token']:.1f} / {x['hf_single_stream_decode_ms_per_token']:.1f} ms "
+            f"= {x['single_stream_ratio']:.3f}; 32 concurrent {x['stack_32_output_tokens_per_s']:.1f} / "
+            f"{x['hf_batch_32_output_tokens_per_s']:.1f} tok/s = {x['throughput_32_ratio']:.3f}"
+            for i, x in enumerate(results["rounds"])
+        ),
         "",
         f"{'conc':>5} {'tok/s':>8} {'HF tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'ITL p50':>8} {'ITL p99':>8} {'failed':>6}",
     ]
@@ -110,19 +136,22 @@ def main(argv: list[str] | None = None) -> None:
     levels = [int(c) for c in args.curve.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    print("measuring one Hugging Face process ...", flush=True)
-    hf = hf_baseline(args.model, args, sorted(set(levels) | {1, 32}))
+    print(f"loading the Hugging Face baseline ({args.threads} threads) and starting the stack ...", flush=True)
+    hf = HFBaseline(args.model, args.threads, args.new_tokens)
+    try:
+        with tempfile.TemporaryDirectory() as run_dir:
+            stack = Stack(args.model, Path(run_dir), partitions=args.partitions, split=args.split, extra_args=args.stack_args.split())
+            try:
+                stack.wait_ready()
+                measured = measure(hf, stack.url, args, levels)
+            finally:
+                stack.stop()
+    finally:
+        hf.close()
 
-    print("starting the stack ...", flush=True)
-    with tempfile.TemporaryDirectory() as run_dir:
-        stack = Stack(args.model, Path(run_dir), partitions=args.partitions, split=args.split, extra_args=args.stack_args.split())
-        try:
-            stack.wait_ready()
-            print("measuring the stack ...", flush=True)
-            measured = asyncio.run(measure_stack(stack.url, args, levels))
-        finally:
-            stack.stop()
-
+    rounds = measured["rounds"]
+    single_round = median_round(rounds, "single_stream_ratio")
+    throughput_round = median_round(rounds, "throughput_32_ratio")
     results = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -130,12 +159,33 @@ def main(argv: list[str] | None = None) -> None:
         "partitions": args.partitions,
         "split": args.split,
         "new_tokens": args.new_tokens,
-        "hf": hf,
-        "stack": measured,
-        "ratios": {
-            "single_stream_decode": measured["single_stream"]["tpot_ms"]["mean"] / hf["single_stream_decode_ms_per_token"],
-            "throughput_32": measured["concurrent_32"]["output_tokens_per_s"] / hf["batched_output_tokens_per_s"]["32"],
+        "stack_args": args.stack_args,
+        "hf": {
+            "threads": args.threads,
+            "single_stream_decode_ms_per_token": single_round["hf_single_stream_decode_ms_per_token"],
+            "batch_32_output_tokens_per_s": throughput_round["hf_batch_32_output_tokens_per_s"],
+            "batched_output_tokens_per_s": measured["hf_curve"],
         },
+        "stack": {
+            "single_stream": single_round["single_stream"],
+            "concurrent_32": throughput_round["concurrent_32"],
+            "curve": measured["curve"],
+        },
+        # Each round's ratio compares measurements taken back to back; the
+        # headline is the median round (its numbers are the ones above).
+        "ratios": {
+            "single_stream_decode": single_round["single_stream_ratio"],
+            "throughput_32": throughput_round["throughput_32_ratio"],
+        },
+        "rounds": [
+            {k: v for k, v in r.items() if k not in ("single_stream", "concurrent_32")}
+            | {"stack_single_stream_ms_per_token": r["single_stream"]["tpot_ms"]["mean"],
+               "stack_32_output_tokens_per_s": r["concurrent_32"]["output_tokens_per_s"],
+               "failed": r["single_stream"]["failed"] + r["concurrent_32"]["failed"]}
+            for r in rounds
+        ],  # fmt: skip
+        "failed_requests": sum(r["single_stream"]["failed"] + r["concurrent_32"]["failed"] for r in rounds)
+        + sum(c["failed"] for c in measured["curve"]),
     }
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results)

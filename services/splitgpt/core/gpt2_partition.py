@@ -5,7 +5,9 @@ tokens of every sequence of the step, packed into one [tokens, d] matrix;
 attention runs per sequence against that sequence's own KV history, so no
 padding is computed. The math follows GPT-2 exactly (Conv1D is x @ W + b,
 pre-LN blocks, the model's own activation and scaling), so the chain of
-partitions gives the same hidden states as one Hugging Face process.
+partitions gives the same hidden states as one Hugging Face process (bit for
+bit with the reference kernels, to float rounding with oneDNN's; see
+linear_kernels).
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from transformers.activations import ACT2FN
 
 from .checkpoint import CheckpointIndex, load_config, partition_tensor_names
 from .kv_cache import SessionKV
+from .linear_kernels import Linear, head_product, make_linear, resolve_kernels
 
 
 @dataclass(frozen=True)
 class Block:
     ln_1: tuple[torch.Tensor, torch.Tensor]
-    c_attn: tuple[torch.Tensor, torch.Tensor]  # (weight [d, 3d], bias)
-    attn_proj: tuple[torch.Tensor, torch.Tensor]
+    c_attn: Linear  # d -> 3d
+    attn_proj: Linear
     ln_2: tuple[torch.Tensor, torch.Tensor]
-    c_fc: tuple[torch.Tensor, torch.Tensor]
-    mlp_proj: tuple[torch.Tensor, torch.Tensor]
+    c_fc: Linear
+    mlp_proj: Linear
     attn_scale: float
 
 
@@ -42,6 +45,7 @@ class GPT2Partition:
         tensors: dict[str, torch.Tensor],
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        kernels: str = "auto",
     ) -> None:
         if not 0 <= start < end <= config.n_layer:
             raise ValueError(f"blocks [{start}, {end}) outside the model's {config.n_layer}")
@@ -55,14 +59,17 @@ class GPT2Partition:
         self.head_dim = config.n_embd // config.n_head
         self.eps = config.layer_norm_epsilon
         self.act = ACT2FN[config.activation_function]
+        self.kernels = resolve_kernels(kernels, self.device, dtype)
         t = {k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}
         self.tensor_names = sorted(t)
+        # Counted from the checkpoint's tensors: the kernels may hold them in another layout.
+        self.parameter_count = sum(v.numel() for v in t.values())
+        self.parameter_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.blocks = [self._block(t, i) for i in range(start, end)]
         if holds_head:
             self.wte, self.wpe = t["wte.weight"], t["wpe.weight"]
             self.ln_f = (t["ln_f.weight"], t["ln_f.bias"])
             self.lm_head = t.get("lm_head.weight", self.wte)
-        self._params = t
 
     @classmethod
     def from_checkpoint(
@@ -73,11 +80,12 @@ class GPT2Partition:
         holds_head: bool,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        kernels: str = "auto",
     ) -> GPT2Partition:
         config = load_config(model_dir)
         index = CheckpointIndex(model_dir)
         names = partition_tensor_names(config, start, end, holds_head, index)
-        return cls(config, start, end, holds_head, index.read(names), device, dtype)
+        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels)
 
     def _block(self, t: dict[str, torch.Tensor], i: int) -> Block:
         p = f"h.{i}."
@@ -85,27 +93,20 @@ class GPT2Partition:
         if self.config.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
         pair = lambda name: (t[p + name + ".weight"], t[p + name + ".bias"])  # noqa: E731
+        linear = lambda name: make_linear(self.kernels, *pair(name))  # noqa: E731
         return Block(
             ln_1=pair("ln_1"),
-            c_attn=pair("attn.c_attn"),
-            attn_proj=pair("attn.c_proj"),
+            c_attn=linear("attn.c_attn"),
+            attn_proj=linear("attn.c_proj"),
             ln_2=pair("ln_2"),
-            c_fc=pair("mlp.c_fc"),
-            mlp_proj=pair("mlp.c_proj"),
+            c_fc=linear("mlp.c_fc"),
+            mlp_proj=linear("mlp.c_proj"),
             attn_scale=scale,
         )
 
     @property
     def n_local_layers(self) -> int:
         return self.end - self.start
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(v.numel() for v in self._params.values())
-
-    @property
-    def parameter_bytes(self) -> int:
-        return sum(v.numel() * v.element_size() for v in self._params.values())
 
     @torch.inference_mode()
     def embed(self, token_ids: list[int], position: int) -> torch.Tensor:
@@ -133,15 +134,14 @@ class GPT2Partition:
         for local, block in enumerate(self.blocks):
             x = x + self._attention(local, block, F.layer_norm(x, (self.hidden_size,), *block.ln_1, self.eps), lengths, caches)
             h = F.layer_norm(x, (self.hidden_size,), *block.ln_2, self.eps)
-            h = self.act(_linear(h, block.c_fc))
-            x = x + _linear(h, block.mlp_proj)
+            x = x + block.mlp_proj(self.act(block.c_fc(h)))
         return x
 
     def _attention(
         self, local: int, block: Block, x: torch.Tensor, lengths: list[int], caches: list[SessionKV]
     ) -> torch.Tensor:
         d, nh, hd = self.hidden_size, self.n_heads, self.head_dim
-        q, k, v = _linear(x, block.c_attn).split(d, dim=1)
+        q, k, v = block.c_attn(x).split(d, dim=1)
         outputs = []
         offset = 0
         for n, cache in zip(lengths, caches, strict=True):
@@ -162,16 +162,10 @@ class GPT2Partition:
                 attn_mask=mask, is_causal=causal, scale=block.attn_scale,
             )  # fmt: skip
             outputs.append(out[0].transpose(0, 1).reshape(n, d))
-        return _linear(torch.cat(outputs), block.attn_proj)
+        return block.attn_proj(torch.cat(outputs))
 
     @torch.inference_mode()
     def logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """ln_f and the (tied) head on final hidden rows [B, d] -> [B, vocab]."""
         h = F.layer_norm(last_hidden.to(self.dtype), (self.hidden_size,), *self.ln_f, self.eps)
-        return h @ self.lm_head.T
-
-
-def _linear(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    # GPT-2's Conv1D: weight is [in, out]; addmm as Hugging Face computes it.
-    weight, bias = wb
-    return torch.addmm(bias, x, weight)
+        return head_product(self.kernels, h, self.lm_head)

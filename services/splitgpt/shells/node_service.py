@@ -40,6 +40,9 @@ class NodeSettings(BaseSettings):
     port: int = 50100
     device: str = "cpu"
     dtype: str = "float32"
+    # Matrix-product kernels: "auto" (oneDNN with prepacked weights where it
+    # runs, else the reference addmm), "onednn", or "reference".
+    kernels: str = "auto"
     kv_max_tokens: int = 65536
     kv_ttl_s: float = 600.0
     torch_threads: int = 0  # 0: leave torch's default
@@ -65,6 +68,7 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
         holds_head=end == config.n_layer,
         device=settings.device,
         dtype=tensors.dtype_from_name(settings.dtype),
+        kernels=settings.kernels,
     )
     engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s)
     engine.warm_up()
