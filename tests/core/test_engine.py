@@ -270,3 +270,26 @@ async def test_cancel_and_overload(cluster):
     assert finish.finish_reason == "length" and len(tokens) == 5
     await second.aclose()
     await engine.close()
+
+
+async def test_steps_tell_nodes_how_many_micro_batches_are_in_flight(cluster):
+    """A lone stream's steps say 1 (its node may take every core); with two
+    lanes busy the steps say 2 (nodes sharing a host take half each)."""
+    nodes, _ = cluster
+    seen: list[int] = []
+    for node in nodes.values():
+        real = node.step
+
+        async def recording(batch, real=real):
+            seen.append(batch.concurrent_steps)
+            return await real(batch)
+
+        node.step = recording
+    engine = make_engine(cluster, micro_batches=2)
+    await collect(engine, GenerationRequest("alone", PROMPTS[0], max_tokens=3, ignore_eos=True))
+    assert seen and set(seen) == {1}
+    seen.clear()
+    await asyncio.gather(
+        *(collect(engine, GenerationRequest(f"r{i}", p, max_tokens=6, ignore_eos=True)) for i, p in enumerate(PROMPTS[:2]))
+    )
+    assert 2 in seen and set(seen) <= {1, 2}

@@ -139,3 +139,23 @@ def test_gpt2_small_geometry_three_partitions_equal_hf(gpt2_small_checkpoint):
     ]
     for prompt in PROMPTS[:2]:
         assert greedy(chain, prompt, 12)[0] == hf_greedy(hf_model, prompt, 12)
+
+
+def test_thread_budget_divides_the_host_among_micro_batches_in_flight(tiny_checkpoint):
+    from splitgpt.core.node_engine import NodeEngine, SequenceStep, StepBatch, ThreadBudget
+
+    assert ThreadBudget(4, divide_among_steps=True).for_step(1) == 4
+    assert ThreadBudget(4, divide_among_steps=True).for_step(2) == 2
+    assert ThreadBudget(2, divide_among_steps=True).for_step(3) == 1
+    assert ThreadBudget(4).for_step(2) == 4  # a node with its own host keeps every thread
+    (part,) = load_chain(tiny_checkpoint, 1)
+    engine = NodeEngine(part, kv_max_tokens=512, kv_ttl_s=60, threads=ThreadBudget(2, divide_among_steps=True))
+    before = torch.get_num_threads()
+    try:
+        x = part.embed([464, 2068], 0)
+        engine.step(StepBatch([SequenceStep("a", 0, 2)], x, concurrent_steps=2))
+        assert torch.get_num_threads() == 1
+        engine.step(StepBatch([SequenceStep("b", 0, 2)], x, concurrent_steps=1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

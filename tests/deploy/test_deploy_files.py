@@ -35,7 +35,7 @@ DASHBOARDS = ROOT / "grafana" / "dashboards"
 BIN = Path(sys.executable).parent
 
 # Variables a splitgpt container may carry besides its settings class's fields.
-NON_SETTINGS_ENV = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONUNBUFFERED"}
+NON_SETTINGS_ENV = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONUNBUFFERED", "GOMP_SPINCOUNT"}
 # Metric families the dashboard is about (the services define them).
 DASHBOARD_METRICS = {
     "splitgpt_requests_total",
@@ -212,7 +212,8 @@ def check_service_env(where: str, subcommand: str, env: dict[str, str], monkeypa
     for name, value in env.items():
         if name in fields:
             got = getattr(settings, fields[name])
-            assert str(got) == value, f"{where}: {name}={value!r} gave {cls.__name__}.{fields[name]}={got!r}"
+            shown = str(got).lower() if isinstance(got, bool) else str(got)  # env booleans are spelt true/false
+            assert shown == value, f"{where}: {name}={value!r} gave {cls.__name__}.{fields[name]}={got!r}"
     return settings
 
 

@@ -165,6 +165,7 @@ class GenerationEngine:
         # run on partition 0. One per partition fills the pipeline.
         n_lanes = micro_batches or router.num_partitions
         self._lanes = [_Lane(i) for i in range(n_lanes)]
+        self._lanes_in_flight = 0  # lanes inside an iteration: told to nodes, which size their threads by it
         self._background: set[asyncio.Task] = set()
 
     # -- public ---------------------------------------------------------------
@@ -270,12 +271,15 @@ class GenerationEngine:
             lane.running += lane.waiting[:room]
             del lane.waiting[:room]
             batch = [s for s in lane.running if not s.done]
+            self._lanes_in_flight += 1
             try:
                 await self._iteration(batch)
             except Exception as exc:  # keep serving others; these requests get the error
                 log.exception("iteration failed")
                 for seq in batch:
                     self._fail(seq, GenerationError("internal", f"generation failed: {exc}"))
+            finally:
+                self._lanes_in_flight -= 1
             lane.running = [s for s in lane.running if not s.done]
 
     async def _iteration(self, batch: list[_Sequence]) -> None:
@@ -362,6 +366,7 @@ class GenerationEngine:
         batch = StepBatch(
             [SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s)) for s in group],
             torch.cat([rows[s] for s in group]),
+            concurrent_steps=self._lanes_in_flight,
         )
         started = time.perf_counter()
         replica.in_flight += len(group)

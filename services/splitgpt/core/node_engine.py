@@ -29,10 +29,31 @@ class SequenceStep:
 class StepBatch:
     sequences: list[SequenceStep]
     hidden: torch.Tensor  # [sum of lengths, d], packed in the order of `sequences`
+    concurrent_steps: int = 1  # micro-batches in flight in the pipeline, this one included
 
     @property
     def lengths(self) -> list[int]:
         return [s.length for s in self.sequences]
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """Intra-op threads for each step.
+
+    Nodes on one host share its cores: with k micro-batches in flight, up to
+    k nodes compute at once, so each takes max_threads / k. A lone stream gets
+    every core (one 2-thread GEMV is ~1.6x faster than one thread at batch 1);
+    two micro-batches get one core each instead of fighting over both, which
+    stalls both: a parallel region waits for its slowest, preempted thread.
+    """
+
+    max_threads: int
+    divide_among_steps: bool = False
+
+    def for_step(self, concurrent_steps: int) -> int:
+        if not self.divide_among_steps or concurrent_steps <= 1:
+            return self.max_threads
+        return max(1, self.max_threads // concurrent_steps)
 
 
 @dataclass(frozen=True)
@@ -48,8 +69,12 @@ class StepInputError(ValueError):
 
 
 class NodeEngine:
-    def __init__(self, partition: GPT2Partition, kv_max_tokens: int, kv_ttl_s: float) -> None:
+    def __init__(
+        self, partition: GPT2Partition, kv_max_tokens: int, kv_ttl_s: float, threads: ThreadBudget | None = None
+    ) -> None:
         self.partition = partition
+        self.threads = threads
+        self.threads_last_step = torch.get_num_threads()
         self.cache = KVCacheStore(
             n_layers=partition.n_local_layers,
             n_heads=partition.n_heads,
@@ -81,6 +106,7 @@ class NodeEngine:
         if not batch.sequences:
             return StepResult(hidden=batch.hidden[:0])
         self._validate(batch)
+        self._set_threads(batch.concurrent_steps)
         sessions = self.cache.prepare([(s.session_id, s.position, s.length) for s in batch.sequences])
         try:
             out = self.partition.forward(batch.hidden, batch.lengths, sessions)
@@ -104,6 +130,14 @@ class NodeEngine:
         past_end = torch.tensor([p >= n_ctx for p in next_positions], device=next_input.device)
         next_input = next_input.masked_fill(past_end.unsqueeze(1), 0.0)
         return StepResult(token_ids=tokens, logprobs=logprobs, next_input=next_input)
+
+    def _set_threads(self, concurrent_steps: int) -> None:
+        if self.threads is None:
+            return
+        n = self.threads.for_step(concurrent_steps)
+        if n != self.threads_last_step:
+            torch.set_num_threads(n)  # cheap: the OpenMP team is kept, only its size changes
+            self.threads_last_step = n
 
     def _validate(self, batch: StepBatch) -> None:
         d, n_ctx = self.partition.hidden_size, self.partition.config.n_positions

@@ -35,6 +35,7 @@ class GrpcNodeClient:
                 )
                 for s in batch.sequences
             ],
+            concurrent_steps=batch.concurrent_steps,
         )
         fill_tensor(request.hidden, batch.hidden)
         reply = await self._call(self.stub.Step, request)

@@ -16,7 +16,7 @@ from ..core import tensors
 from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from ..core.gpt2_partition import GPT2Partition
 from ..core.kv_cache import CacheBudgetExceeded, CacheMiss
-from ..core.node_engine import NodeEngine, SequenceStep, StepBatch, StepInputError, resident_bytes
+from ..core.node_engine import NodeEngine, SequenceStep, StepBatch, StepInputError, ThreadBudget, resident_bytes
 from ..core.partitioning import PartitionError, resolve_split
 from ..logs import configure
 from ..rpc import node_pb2, node_pb2_grpc
@@ -46,6 +46,9 @@ class NodeSettings(BaseSettings):
     kv_max_tokens: int = 65536
     kv_ttl_s: float = 600.0
     torch_threads: int = 0  # 0: leave torch's default
+    # Nodes sharing one host's cores: divide torch_threads among the
+    # micro-batches the coordinator has in flight (see core ThreadBudget).
+    divide_threads: bool = False
     # After SIGTERM: NOT_SERVING but still answering for this long, so the
     # coordinator (probing every second or so) moves its sequences first.
     drain_s: float = 3.0
@@ -70,7 +73,8 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
         dtype=tensors.dtype_from_name(settings.dtype),
         kernels=settings.kernels,
     )
-    engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s)
+    threads = ThreadBudget(settings.torch_threads or torch.get_num_threads(), settings.divide_threads)
+    engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s, threads)
     engine.warm_up()
     return engine
 
@@ -141,6 +145,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             batch = StepBatch(
                 [SequenceStep(s.session_id, s.position, s.length, sampling_from_proto(s.sampling)) for s in request.sequences],
                 tensor_from_proto(request.hidden),
+                concurrent_steps=max(1, request.concurrent_steps),
             )
             result = await self._run(self.engine.step, batch)
         except CacheMiss as exc:
