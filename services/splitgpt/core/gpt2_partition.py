@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import GPT2Config
-from transformers.activations import ACT2FN
 
 from .checkpoint import CheckpointIndex, load_config, partition_tensor_names
 from .kv_cache import SessionKV
-from .linear_kernels import Linear, head_product, make_linear, resolve_kernels
+from .linear_kernels import Linear, head_product, make_linear, make_linear_with_activation, resolve_kernels
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class Block:
     c_attn: Linear  # d -> 3d
     attn_proj: Linear
     ln_2: tuple[torch.Tensor, torch.Tensor]
-    c_fc: Linear
+    c_fc_act: Linear  # d -> 4d, then the activation
     mlp_proj: Linear
     attn_scale: float
 
@@ -58,7 +57,6 @@ class GPT2Partition:
         self.n_heads = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.eps = config.layer_norm_epsilon
-        self.act = ACT2FN[config.activation_function]
         self.kernels = resolve_kernels(kernels, self.device, dtype)
         t = {k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}
         self.tensor_names = sorted(t)
@@ -99,7 +97,7 @@ class GPT2Partition:
             c_attn=linear("attn.c_attn"),
             attn_proj=linear("attn.c_proj"),
             ln_2=pair("ln_2"),
-            c_fc=linear("mlp.c_fc"),
+            c_fc_act=make_linear_with_activation(self.kernels, *pair("mlp.c_fc"), self.config.activation_function),
             mlp_proj=linear("mlp.c_proj"),
             attn_scale=scale,
         )
@@ -134,7 +132,7 @@ class GPT2Partition:
         for local, block in enumerate(self.blocks):
             x = x + self._attention(local, block, F.layer_norm(x, (self.hidden_size,), *block.ln_1, self.eps), lengths, caches)
             h = F.layer_norm(x, (self.hidden_size,), *block.ln_2, self.eps)
-            x = x + block.mlp_proj(self.act(block.c_fc(h)))
+            x = x + block.mlp_proj(block.c_fc_act(h))
         return x
 
     def _attention(
