@@ -93,6 +93,16 @@ def measure(hf: HFBaseline, url: str, args: argparse.Namespace, levels: list[int
     return {"rounds": rounds, "curve": curve, "hf_curve": hf_curve}
 
 
+def round_summary(r: dict) -> dict:
+    """One round's figures without the stack's full latency summaries."""
+    return {
+        **{k: v for k, v in r.items() if k not in ("single_stream", "concurrent_32")},
+        "stack_single_stream_ms_per_token": r["single_stream"]["tpot_ms"]["mean"],
+        "stack_32_output_tokens_per_s": r["concurrent_32"]["output_tokens_per_s"],
+        "failed": r["single_stream"]["failed"] + r["concurrent_32"]["failed"],
+    }
+
+
 def median_round(rounds: list[dict], key: str) -> dict:
     return sorted(rounds, key=lambda r: r[key])[len(rounds) // 2]
 
@@ -177,13 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             "single_stream_decode": single_round["single_stream_ratio"],
             "throughput_32": throughput_round["throughput_32_ratio"],
         },
-        "rounds": [
-            {k: v for k, v in r.items() if k not in ("single_stream", "concurrent_32")}
-            | {"stack_single_stream_ms_per_token": r["single_stream"]["tpot_ms"]["mean"],
-               "stack_32_output_tokens_per_s": r["concurrent_32"]["output_tokens_per_s"],
-               "failed": r["single_stream"]["failed"] + r["concurrent_32"]["failed"]}
-            for r in rounds
-        ],  # fmt: skip
+        "rounds": [round_summary(r) for r in rounds],
         "failed_requests": sum(r["single_stream"]["failed"] + r["concurrent_32"]["failed"] for r in rounds)
         + sum(c["failed"] for c in measured["curve"]),
     }

@@ -20,7 +20,13 @@ from transformers import GPT2Config
 
 from .checkpoint import CheckpointIndex, load_config, partition_tensor_names
 from .kv_cache import SessionKV
-from .linear_kernels import Linear, head_product, make_linear, make_linear_with_activation, resolve_kernels
+from .linear_kernels import (
+    Linear,
+    head_product,
+    make_linear,
+    make_linear_with_activation,
+    resolve_kernels,
+)
 
 
 @dataclass(frozen=True)
