@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--curve", default="1,4,16,64", help="concurrency levels")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="HF baseline's torch threads")
-    p.add_argument("--rounds", type=int, default=3, help="baseline/stack pairs for the headline ratios")
+    p.add_argument("--rounds", type=int, default=5, help="baseline/stack pairs for the headline ratios")
     p.add_argument("--stack-args", default="", help="extra `splitgpt up` arguments")
     return p.parse_args(argv)
 
