@@ -82,7 +82,6 @@ class HFBaseline:
              "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        self.threads, self.new_tokens, self.prompt_tokens = threads, new_tokens, prompt_tokens
         self._read()  # {"ready": true}, once the model is loaded and warm
 
     def single_stream(self, repeats: int = 3, seed: int = 0) -> dict:
