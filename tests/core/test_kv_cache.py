@@ -21,23 +21,23 @@ def store(max_tokens=100, ttl_s=60.0, clock=None) -> KVCacheStore:
 def fill(s: KVCacheStore, sid: str, position: int, n: int) -> None:
     (session,) = s.prepare([(sid, position, n)])
     for layer in range(2):
-        session.append(layer, torch.randn(2, n, 4), torch.randn(2, n, 4))
+        session.append(layer, torch.randn(2, 2, n, 4))
     session.commit(n)
 
 
 def test_append_returns_whole_history_and_grows():
     s = store(max_tokens=1000)
     (session,) = s.prepare([("a", 0, 3)])
-    k0, v0 = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    session.append(0, k0, v0)
+    kv0 = torch.randn(2, 2, 3, 4)  # keys and values, heads, positions, head_dim
+    session.append(0, kv0)
     session.commit(3)
     for i in range(100):  # past the first capacity of 64
         (session,) = s.prepare([("a", 3 + i, 1)])
-        k, v = session.append(0, torch.full((2, 1, 4), float(i)), torch.zeros(2, 1, 4))
+        kv = session.append(0, torch.stack([torch.full((2, 1, 4), float(i)), torch.zeros(2, 1, 4)]))
         session.commit(1)
-    assert k.shape == (2, 103, 4)
-    torch.testing.assert_close(k[:, :3], k0)
-    assert float(k[0, -1, 0]) == 99.0
+    assert kv.shape == (2, 2, 103, 4)
+    torch.testing.assert_close(kv[:, :, :3], kv0)
+    assert float(kv[0, 0, -1, 0]) == 99.0 and float(kv[1, 0, -1, 0]) == 0.0
 
 
 def test_wrong_position_or_unknown_session_is_a_miss_and_changes_nothing():

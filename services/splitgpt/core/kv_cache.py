@@ -29,39 +29,40 @@ class CacheBudgetExceeded(Exception):
 
 
 class SessionKV:
-    """K/V buffers for one session: [heads, capacity, head_dim] per local layer.
+    """K/V for one session: per local layer one [2, heads, capacity, head_dim]
+    buffer, keys then values, each head's positions contiguous.
 
-    Capacity grows by doubling so a decode step appends in place instead of
-    re-concatenating the whole history.
+    Keys and values share a buffer so a step appends both with one copy (at
+    decode every tensor op costs microseconds of dispatch, as much as its
+    arithmetic); head-major rows keep long histories fast to read. Capacity
+    grows by doubling so a decode step appends in place instead of
+    re-concatenating the history.
     """
 
     def __init__(self, n_layers: int, n_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
         self.length = 0
-        self._shape = (n_heads, head_dim)
+        self._heads, self._head_dim = n_heads, head_dim
         self._dtype, self._device = dtype, device
-        self._k: list[torch.Tensor | None] = [None] * n_layers
-        self._v: list[torch.Tensor | None] = [None] * n_layers
+        self._kv: list[torch.Tensor | None] = [None] * n_layers
         self.last_used = 0.0
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v ([heads, T, head_dim]) after the committed length; return the whole history."""
-        end = self.length + k.shape[1]
-        kbuf, vbuf = self._k[layer], self._v[layer]
-        if kbuf is None or kbuf.shape[1] < end:
-            capacity = max(64, 1 << (end - 1).bit_length())
-            kbuf, vbuf = self._grown(kbuf, capacity), self._grown(vbuf, capacity)
-            self._k[layer], self._v[layer] = kbuf, vbuf
-        kbuf[:, self.length : end] = k
-        vbuf[:, self.length : end] = v
-        return kbuf[:, :end], vbuf[:, :end]
+    def append(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
+        """Write kv ([2, heads, T, head_dim]: keys, values) after the committed
+        length; return the whole history, [2, heads, length + T, head_dim]."""
+        end = self.length + kv.shape[2]
+        buf = self._kv[layer]
+        if buf is None or buf.shape[2] < end:
+            buf = self._kv[layer] = self._grown(buf, max(64, 1 << (end - 1).bit_length()))
+        buf[:, :, self.length : end] = kv
+        return buf[:, :, :end]
 
     def commit(self, n_tokens: int) -> None:
         self.length += n_tokens
 
     def _grown(self, old: torch.Tensor | None, capacity: int) -> torch.Tensor:
-        new = torch.empty((self._shape[0], capacity, self._shape[1]), dtype=self._dtype, device=self._device)
+        new = torch.empty((2, self._heads, capacity, self._head_dim), dtype=self._dtype, device=self._device)
         if old is not None and self.length:
-            new[:, : self.length] = old[:, : self.length]
+            new[:, :, : self.length] = old[:, :, : self.length]
         return new
 
 
