@@ -170,6 +170,35 @@ async def test_closing_the_stream_cancels_and_frees_every_node(cluster):
     await engine.close()
 
 
+async def test_cancel_during_prefill_leaves_no_cache_behind(cluster):
+    """Cancelled while partition 0 prefills: the releases go out at once, so
+    the rest of the chain must not be stepped, or its position-0 steps would
+    open caches that nothing releases any more."""
+    nodes, _ = cluster
+    first_node = nodes["p0"]
+    step, entered, resume = first_node.step, asyncio.Event(), asyncio.Event()
+
+    async def held_step(batch):
+        entered.set()
+        await resume.wait()
+        return await step(batch)
+
+    first_node.step = held_step
+    engine = make_engine(cluster)
+    stream = engine.generate(GenerationRequest("mid", PROMPTS[0], max_tokens=50, ignore_eos=True))
+    waiting = asyncio.ensure_future(anext(stream))
+    await entered.wait()
+    assert engine.cancel("mid")
+    await asyncio.sleep(0.05)  # the releases run
+    resume.set()
+    finish = await waiting
+    assert isinstance(finish, FinishEvent) and finish.finish_reason == "cancelled"
+    await asyncio.sleep(0.05)  # the iteration ends
+    assert all("mid" not in n.engine.cache for n in nodes.values())
+    await stream.aclose()
+    await engine.close()
+
+
 async def test_no_serving_replica_is_unavailable(cluster):
     nodes, router = cluster
     router.replicas[1].status = "UNREACHABLE"

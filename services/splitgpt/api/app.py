@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from .backends import Backends
 from .cache import make_cache
 from .errors import ApiError
 from .generation import Done, GenerationService, TextDelta
-from .metrics import ApiMetrics
+from .metrics import ApiMetrics, GenerationRequestMetrics
 from .schemas import ProcessRequest, ProcessResponse
 from .settings import ApiSettings
 
@@ -50,17 +49,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def _count_generation_requests(request: Request, call_next):
-        endpoint = request.url.path
-        if endpoint not in ("/api/model/process", "/api/model/stream"):
-            return await call_next(request)
-        started = time.perf_counter()
-        response = await call_next(request)
-        # For a stream this is the time to its first byte; ITL and TTFT histograms cover the rest.
-        metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(GenerationRequestMetrics, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:

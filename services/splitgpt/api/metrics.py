@@ -6,6 +6,8 @@ Names follow Prometheus conventions: the `splitgpt_` prefix, base units,
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60, 120)
@@ -35,3 +37,38 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.cache = Counter("splitgpt_cache_lookups_total", "Result-cache lookups by result", ["result"], registry=r)
+
+
+class GenerationRequestMetrics:
+    """ASGI middleware: counts generation requests by status and times each to its last byte.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which relays every
+    chunk of a streaming response through an extra task and memory stream: at
+    one SSE event per token that relay was a fifth of the gateway's CPU.
+    """
+
+    ENDPOINTS = frozenset({"/api/model/process", "/api/model/stream"})
+
+    def __init__(self, app, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        endpoint = scope.get("path")
+        if scope["type"] != "http" or endpoint not in self.ENDPOINTS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = "500"  # if the app fails before it starts a response
+
+        async def timed_send(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(endpoint, status).inc()

@@ -355,7 +355,9 @@ class GenerationEngine:
         Returns each sequence's output rows for the next partition; after the
         last partition the tokens have been accepted and nothing is returned.
         """
-        groups = _group(list(rows), lambda s: s.chain[partition])
+        # A sequence cancelled while an earlier partition ran has had its
+        # caches released: stepping it further would open them again.
+        groups = _group([s for s in rows if not s.done], lambda s: s.chain[partition])
         calls = [self._step_group(partition, replica, group, rows) for replica, group in groups.items()]
         out: dict[_Sequence, torch.Tensor] = {}
         for result in await asyncio.gather(*calls):
@@ -384,6 +386,8 @@ class GenerationEngine:
         ms = (time.perf_counter() - started) * 1000
         self.router.record_success(replica, ms)
         for seq in group:
+            if seq.done:  # cancelled during the step, whose cache may postdate the release
+                self._release_in_background(replica, seq.session_id)
             seq.step_ms[partition] = ms
             seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
         if partition < self.router.num_partitions - 1:
