@@ -98,6 +98,14 @@ async def test_decode_stream_flushes_an_unfinished_character(stub):
     assert replies == ["a", "\ufffd"]
 
 
+async def test_token_bytes_rebuild_the_text_of_any_ids(stub):
+    table = list((await stub.GetTokenBytes(tokenizer_pb2.TokenBytesRequest())).tokens)
+    assert len(table) == 50257
+    ids = list((await stub.Encode(tokenizer_pb2.EncodeRequest(text=TEXT))).ids) + [50256, 200, 15496]
+    text = (await stub.Decode(tokenizer_pb2.DecodeRequest(ids=ids))).text
+    assert b"".join(table[i] for i in ids).decode("utf-8", "replace") == text
+
+
 async def test_invalid_ids_are_invalid_argument(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Decode(tokenizer_pb2.DecodeRequest(ids=[15496, 50257]))

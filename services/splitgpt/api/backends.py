@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
-from ..rpc import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+from ..core.byte_decoding import ByteTableDecoder
+from ..rpc import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    tokenizer_pb2,
+    tokenizer_pb2_grpc,
+)
 from ..shells.grpc_runtime import insecure_channel, probe_health
 from .errors import from_grpc
 from .settings import ApiSettings
@@ -35,6 +43,23 @@ class DecodeStream:
         self._call.cancel()
 
 
+class LocalDecodeStream:
+    """One request's incremental detokenization in the gateway, from the
+    tokenizer service's token-bytes table: no round trip per token."""
+
+    def __init__(self, table: list[bytes]) -> None:
+        self._decoder = ByteTableDecoder(table)
+
+    async def push(self, ids: list[int]) -> str:
+        return self._decoder.push(ids)
+
+    async def flush(self) -> str:
+        return self._decoder.flush()
+
+    def cancel(self) -> None:
+        pass
+
+
 class Backends:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
@@ -45,6 +70,8 @@ class Backends:
         self.coordinator_channel = insecure_channel(settings.coordinator_address)
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel)
         self._model: coordinator_pb2.ModelInfo | None = None
+        self._token_bytes: list[bytes] | None = None  # [] once the tokenizer says it has none
+        self._token_bytes_lock = asyncio.Lock()
 
     def _tokenizer_order(self) -> list[int]:
         n = len(self.tokenizers)
@@ -65,8 +92,26 @@ class Backends:
             return list(reply.ids)
         raise from_grpc(failure, "tokenizer") from failure
 
-    def decode_stream(self) -> DecodeStream:
+    async def decode_stream(self) -> LocalDecodeStream | DecodeStream:
+        """Decoded here from the token-bytes table where the tokenizer is byte-level
+        (GPT-2's is), else by the tokenizer service's DecodeStream."""
+        table = await self._token_bytes_table()
+        if table:
+            return LocalDecodeStream(table)
         return DecodeStream(self.tokenizers[self._preferred], self.settings.request_timeout_s)
+
+    async def _token_bytes_table(self) -> list[bytes] | None:
+        async with self._token_bytes_lock:  # fetched once, however many requests start together
+            if self._token_bytes is None:
+                stub = self.tokenizers[self._preferred]
+                try:
+                    reply = await stub.GetTokenBytes(tokenizer_pb2.TokenBytesRequest(), timeout=self.settings.rpc_timeout_s)
+                    self._token_bytes = list(reply.tokens)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                        self._token_bytes = []  # not byte-level: every stream decodes remotely
+                    # Otherwise unreachable for now: this stream decodes remotely, the next one asks again.
+        return self._token_bytes
 
     async def model_info(self) -> coordinator_pb2.ModelInfo:
         """Context size, vocabulary and name of the served model (asked once)."""

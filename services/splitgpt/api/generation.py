@@ -117,7 +117,7 @@ class GenerationService:
                 ignore_eos=body.ignore_eos,
             )
         )
-        decoder = self.backends.decode_stream()
+        decoder = await self.backends.decode_stream()
         stopper = StopMatcher(body.stop)
         text: list[str] = []
         finish: coordinator_pb2.FinishEvent | None = None

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from .byte_decoding import token_bytes
+
 log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
@@ -52,6 +54,10 @@ class TextTokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
         checked = [self.check_ids(ids) for ids in batch]
         return self._tokenizer.decode_batch(checked, skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self) -> list[bytes] | None:
+        """Each id's bytes, for streams decoded without this class (see byte_decoding)."""
+        return token_bytes(self._tokenizer)
 
     def check_ids(self, ids: Iterable[int]) -> list[int]:
         """The ids as a list; ValueError if any is outside [0, vocab_size).

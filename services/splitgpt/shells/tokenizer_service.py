@@ -33,6 +33,7 @@ class TokenizerSettings(BaseSettings):
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
+        self._token_bytes: list[bytes] | None = None  # built on first request
 
     async def Encode(self, request, context):
         return tokenizer_pb2.TokenIds(ids=self.tokenizer.encode(request.text))
@@ -66,6 +67,13 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             yield tokenizer_pb2.DecodeResponse(text=text)
         yield tokenizer_pb2.DecodeResponse(text=decoder.flush())
+
+    async def GetTokenBytes(self, request, context):
+        if self._token_bytes is None:
+            self._token_bytes = self.tokenizer.token_bytes() or []
+        if not self._token_bytes:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the tokenizer is not byte-level: use DecodeStream")
+        return tokenizer_pb2.TokenBytes(tokens=self._token_bytes)
 
     async def Info(self, request, context):
         return tokenizer_pb2.TokenizerInfo(
