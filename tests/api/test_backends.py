@@ -37,9 +37,12 @@ async def test_a_tokenizer_that_is_not_byte_level_decodes_every_stream_remotely(
     assert tokenizer.asked == 1  # its answer is kept
 
 
-async def test_an_unreachable_tokenizer_is_asked_again_by_the_next_stream(backends):
-    backends.tokenizers[0] = TokenizerWithoutTable(grpc.StatusCode.UNAVAILABLE)
+async def test_an_unreachable_tokenizer_is_asked_again_after_a_while(backends, monkeypatch):
+    backends.tokenizers[0] = unreachable = TokenizerWithoutTable(grpc.StatusCode.UNAVAILABLE)
     assert isinstance(await backends.decode_stream(), DecodeStream)
+    assert isinstance(await backends.decode_stream(), DecodeStream)
+    assert unreachable.asked == 1  # not once per request: each would wait out its deadline
+    monkeypatch.setattr(backends, "_token_bytes_retry_at", 0.0)  # the while has passed
 
     class WithTable:
         async def GetTokenBytes(self, request, timeout=None):

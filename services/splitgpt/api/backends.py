@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 
 from ..core.byte_decoding import ByteTableDecoder
-from ..rpc import (
-    coordinator_pb2,
-    coordinator_pb2_grpc,
-    tokenizer_pb2,
-    tokenizer_pb2_grpc,
-)
+from ..rpc import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 from ..shells.grpc_runtime import insecure_channel, probe_health
 from .errors import from_grpc
 from .settings import ApiSettings
@@ -41,6 +37,9 @@ class DecodeStream:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+TOKEN_BYTES_RETRY_S = 5.0
 
 
 class LocalDecodeStream:
@@ -72,6 +71,7 @@ class Backends:
         self._model: coordinator_pb2.ModelInfo | None = None
         self._token_bytes: list[bytes] | None = None  # [] once the tokenizer says it has none
         self._token_bytes_lock = asyncio.Lock()
+        self._token_bytes_retry_at = 0.0  # after a failed fetch, streams decode remotely until then
 
     def _tokenizer_order(self) -> list[int]:
         n = len(self.tokenizers)
@@ -101,8 +101,10 @@ class Backends:
         return DecodeStream(self.tokenizers[self._preferred], self.settings.request_timeout_s)
 
     async def _token_bytes_table(self) -> list[bytes] | None:
+        if self._token_bytes is not None or time.monotonic() < self._token_bytes_retry_at:
+            return self._token_bytes
         async with self._token_bytes_lock:  # fetched once, however many requests start together
-            if self._token_bytes is None:
+            if self._token_bytes is None and time.monotonic() >= self._token_bytes_retry_at:
                 stub = self.tokenizers[self._preferred]
                 try:
                     reply = await stub.GetTokenBytes(tokenizer_pb2.TokenBytesRequest(), timeout=self.settings.rpc_timeout_s)
@@ -110,7 +112,8 @@ class Backends:
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
                         self._token_bytes = []  # not byte-level: every stream decodes remotely
-                    # Otherwise unreachable for now: this stream decodes remotely, the next one asks again.
+                    else:  # unreachable for now: decode remotely, and ask again in a while, not per request
+                        self._token_bytes_retry_at = time.monotonic() + TOKEN_BYTES_RETRY_S
         return self._token_bytes
 
     async def model_info(self) -> coordinator_pb2.ModelInfo:
