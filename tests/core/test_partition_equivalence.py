@@ -24,9 +24,10 @@ PROMPTS = [
 
 
 def load_chain(checkpoint, n_parts: int, n_layer: int = 4, kernels: str = "auto") -> list[GPT2Partition]:
+    # The head packed as the nodes hold it (a no-op for the reference kernels).
     ranges = even_split(n_layer, n_parts)
     return [
-        GPT2Partition.from_checkpoint(checkpoint, s, e, holds_head=(i == n_parts - 1), kernels=kernels)
+        GPT2Partition.from_checkpoint(checkpoint, s, e, holds_head=(i == n_parts - 1), kernels=kernels, pack_head=True)
         for i, (s, e) in enumerate(ranges)
     ]
 
@@ -134,7 +135,7 @@ def test_gpt2_small_geometry_three_partitions_equal_hf(gpt2_small_checkpoint):
 
     hf_model = GPT2LMHeadModel.from_pretrained(gpt2_small_checkpoint).eval()
     chain = [
-        GPT2Partition.from_checkpoint(gpt2_small_checkpoint, s, e, holds_head=(i == 2), kernels="auto")
+        GPT2Partition.from_checkpoint(gpt2_small_checkpoint, s, e, holds_head=(i == 2), kernels="auto", pack_head=True)
         for i, (s, e) in enumerate([(0, 6), (6, 11), (11, 12)])
     ]
     for prompt in PROMPTS[:2]:

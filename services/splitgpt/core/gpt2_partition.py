@@ -25,6 +25,7 @@ from .linear_kernels import (
     head_product,
     make_linear,
     make_linear_with_activation,
+    pack_head_weight,
     resolve_kernels,
 )
 
@@ -51,6 +52,7 @@ class GPT2Partition:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
+        pack_head: bool = False,
     ) -> None:
         if not 0 <= start < end <= config.n_layer:
             raise ValueError(f"blocks [{start}, {end}) outside the model's {config.n_layer}")
@@ -74,6 +76,8 @@ class GPT2Partition:
             self.wte, self.wpe = t["wte.weight"], t["wpe.weight"]
             self.ln_f = (t["ln_f.weight"], t["ln_f.bias"])
             self.lm_head = t.get("lm_head.weight", self.wte)
+            if pack_head:
+                self.lm_head = pack_head_weight(self.kernels, self.lm_head)
 
     @classmethod
     def from_checkpoint(
@@ -85,11 +89,12 @@ class GPT2Partition:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
+        pack_head: bool = False,
     ) -> GPT2Partition:
         config = load_config(model_dir)
         index = CheckpointIndex(model_dir)
         names = partition_tensor_names(config, start, end, holds_head, index)
-        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels)
+        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels, pack_head)
 
     def _block(self, t: dict[str, torch.Tensor], i: int) -> Block:
         p = f"h.{i}."

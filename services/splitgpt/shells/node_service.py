@@ -43,6 +43,11 @@ class NodeSettings(BaseSettings):
     # Matrix-product kernels: "auto" (oneDNN with prepacked weights where it
     # runs, else the reference addmm), "onednn", or "reference".
     kernels: str = "auto"
+    # With oneDNN, hold the head reordered for it (1.4x faster; a tenth of a
+    # decode step). The tied embedding then reads its rows from the
+    # checkpoint's file mapping, which stays plain: the packed copy is this
+    # node's own memory, the mapped rows are page cache (shared, reclaimable).
+    pack_head: bool = True
     kv_max_tokens: int = 65536
     kv_ttl_s: float = 600.0
     torch_threads: int = 0  # 0: leave torch's default
@@ -72,6 +77,7 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
         device=settings.device,
         dtype=tensors.dtype_from_name(settings.dtype),
         kernels=settings.kernels,
+        pack_head=settings.pack_head,
     )
     threads = ThreadBudget(settings.torch_threads or torch.get_num_threads(), settings.divide_threads)
     engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s, threads)
