@@ -31,8 +31,8 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 
 def token_bytes(tokenizer: Tokenizer) -> list[bytes] | None:
-    """Each id's bytes (index = id); None unless the tokenizer decodes byte-level,
-    where a text is not the concatenation of per-token pieces."""
+    """Each id's bytes (index = id); None if the tokenizer does not decode
+    byte-level, since its text is then not the concatenation of per-token pieces."""
     if not isinstance(tokenizer.decoder, decoders.ByteLevel):
         return None
     alphabet = _byte_level_alphabet()
