@@ -7,7 +7,7 @@ from splitgpt.core.byte_decoding import ByteTableDecoder, token_bytes
 from splitgpt.core.tokenization import load_tokenizer
 from tokenizers import Tokenizer, models
 
-from .test_tokenization import SAMPLES, go_offline
+from .test_tokenization import go_offline, mixed_ids
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +32,7 @@ def test_every_token_alone_decodes_as_the_tokenizer_does(tok, table):
 @pytest.mark.parametrize("seed", range(40))
 def test_stream_equals_full_decode_for_any_ids(tok, table, seed):
     rng = random.Random(seed)
-    # Real text, raw byte tokens (0..255: lone UTF-8 lead and continuation
-    # bytes, so characters split across tokens and invalid sequences), any ids.
-    ids = []
-    for _ in range(rng.randint(0, 30)):
-        kind = rng.random()
-        if kind < 0.4:
-            ids += tok.encode(rng.choice(SAMPLES))
-        elif kind < 0.8:
-            ids.append(rng.randrange(256))
-        else:
-            ids.append(rng.randrange(tok.vocab_size))
+    ids = mixed_ids(tok, rng)
     decoder = ByteTableDecoder(table)
     pieces = []
     start = 0

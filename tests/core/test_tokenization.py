@@ -182,11 +182,9 @@ def test_flush_renders_an_unfinished_character(tok):
     assert decoder.push(tok.encode("ok")) == "ok"  # flush started afresh
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_incremental_equals_full_decode_for_any_ids(tok, seed):
-    rng = random.Random(seed)
-    # Mix real text with raw byte tokens (0..255: lone UTF-8 lead and
-    # continuation bytes), arbitrary vocabulary ids and end-of-text.
+def mixed_ids(tok, rng: random.Random) -> list[int]:
+    """Real text mixed with raw byte tokens (0..255: lone UTF-8 lead and
+    continuation bytes), arbitrary vocabulary ids and end-of-text."""
     ids = []
     for _ in range(rng.randint(0, 30)):
         kind = rng.random()
@@ -198,6 +196,13 @@ def test_incremental_equals_full_decode_for_any_ids(tok, seed):
             ids.append(rng.randrange(tok.vocab_size))
         else:
             ids.append(tok.eos_token_id)
+    return ids
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_incremental_equals_full_decode_for_any_ids(tok, seed):
+    rng = random.Random(seed)
+    ids = mixed_ids(tok, rng)
     chunks = []
     while sum(chunks) < len(ids):
         chunks.append(rng.choice([0, 1, 1, 1, 2, 3, 7]))
