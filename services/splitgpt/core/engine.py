@@ -23,7 +23,14 @@ import torch
 
 from .node_engine import SequenceStep, StepBatch, StepResult
 from .routing import NoHealthyReplica, Replica, Router
-from .sampling import SamplingSpec
+from .generation_types import (  # noqa: F401  (re-exported: the engine's API)
+    Event,
+    FinishEvent,
+    GenerationError,
+    GenerationRequest,
+    PartitionTiming,
+    TokenEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,49 +49,6 @@ class NodeFailed(Exception):
     """A node could not be reached, timed out, or failed the call."""
 
 
-class GenerationError(Exception):
-    """A request that cannot be served. `kind`: invalid | overloaded | unavailable | internal."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        super().__init__(message)
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    request_id: str
-    prompt_ids: list[int]
-    max_tokens: int
-    min_tokens: int = 0
-    sampling: SamplingSpec = SamplingSpec()
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class PartitionTiming:
-    partition: int
-    node_id: str
-    ms: float
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    token_id: int
-    logprob: float
-    index: int
-    partitions: list[PartitionTiming]
-
-
-@dataclass(frozen=True)
-class FinishEvent:
-    finish_reason: str  # "length" | "eos" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    inference_ms: float
-    partitions: list[PartitionTiming]
-
-
-Event = TokenEvent | FinishEvent
 
 
 @dataclass(eq=False)

@@ -7,22 +7,9 @@ failure draws exactly the same tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingSpec:
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    suppress: tuple[int, ...] = ()  # token ids that may not be chosen (EOS before min_tokens)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
+from .generation_types import SamplingSpec  # noqa: F401  (re-exported)
 
 
 def step_seed(seed: int, position: int) -> int:

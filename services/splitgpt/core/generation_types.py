@@ -1,0 +1,68 @@
+"""What a generation request is and what comes back, with no torch and no transport.
+
+The coordinator's engine produces these; the gRPC shells turn them into
+protobuf and back; the gateway consumes them. Kept free of torch so the
+gateway can speak them without loading a tensor library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    suppress: tuple[int, ...] = ()  # token ids that may not be chosen (EOS before min_tokens)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class GenerationError(Exception):
+    """A request that cannot be served. `kind`: invalid | overloaded | unavailable | internal."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    min_tokens: int = 0
+    sampling: SamplingSpec = SamplingSpec()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class PartitionTiming:
+    partition: int
+    node_id: str
+    ms: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    logprob: float
+    index: int
+    partitions: list[PartitionTiming]
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    finish_reason: str  # "length" | "eos" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    inference_ms: float
+    partitions: list[PartitionTiming]
+
+
+Event = TokenEvent | FinishEvent
