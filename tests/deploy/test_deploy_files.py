@@ -139,6 +139,11 @@ def manifest_paths() -> list[Path]:
     return [K8S / name for name in kustomization["resources"]]
 
 
+def is_splitgpt_image(image: str) -> bool:
+    """The one image the splitgpt services run (not splitgpt-frontend, the web UI's nginx)."""
+    return image.rsplit("/", 1)[-1].split(":")[0] == "splitgpt"
+
+
 def k8s_configmaps() -> dict[str, dict[str, str]]:
     return {d["metadata"]["name"]: d["data"] for d in k8s_docs() if d["kind"] == "ConfigMap"}
 
@@ -237,7 +242,7 @@ def test_dockerfile_builds_the_stubs_before_installing_and_runs_splitgpt_unprivi
     assert user == "10001:10001", "a numeric non-root user (Kubernetes runAsNonRoot checks it)"
     for _, spec in pod_templates():
         for c in spec.get("initContainers", []) + spec["containers"]:
-            if c["image"].startswith("splitgpt"):
+            if is_splitgpt_image(c["image"]):
                 assert spec["securityContext"]["runAsUser"] == 10001
 
 
@@ -293,8 +298,10 @@ def test_compose_services_use_the_one_image():
     assert set(splitgpt_services(doc)) == {"model-init", "tokenizer", "node-0", "node-1", "node-2", "coordinator", "api"}
     assert doc["services"]["redis"]["image"].startswith("redis:7")
     built = {name: s["build"] for name, s in doc["services"].items() if "build" in s}
-    assert list(built) == ["model-init"], "one service builds the image the others share"
+    # model-init builds the image the other splitgpt services share; frontend, the web UI's own
+    assert list(built) == ["model-init", "frontend"], "one service builds the image the others share, plus the web UI"
     assert (ROOT / built["model-init"]["context"] / built["model-init"]["dockerfile"]).resolve() == ROOT / "Dockerfile"
+    assert (ROOT / built["frontend"]["context"] / built["frontend"]["dockerfile"]).resolve() == ROOT / "frontend" / "Dockerfile"
 
 
 def test_compose_environment_names_are_settings_fields_and_parse(monkeypatch):
@@ -337,7 +344,7 @@ def splitgpt_invocations() -> list[tuple[str, list[str]]]:
                 found.append((where, argv_of(service["command"])))
     for workload, spec in pod_templates():
         for c in spec.get("initContainers", []) + spec["containers"]:
-            if not c["image"].startswith("splitgpt"):
+            if not is_splitgpt_image(c["image"]):
                 continue
             where = f"k8s {workload['metadata']['name']}/{c['name']}"
             if "command" in c:
@@ -398,7 +405,10 @@ def test_compose_cluster_config_matches_the_nodes(monkeypatch):
         assert service["stop_grace_period"], "nodes drain on SIGTERM"
     api = compose_env(doc["services"]["api"])
     assert api["SPLITGPT_API_COORDINATOR_ADDRESS"] == f"coordinator:{compose_env(coordinator)['SPLITGPT_COORDINATOR_PORT']}"
-    assert api["SPLITGPT_API_TOKENIZER_ADDRESS"] == f"tokenizer:{compose_env(doc['services']['tokenizer'])['SPLITGPT_TOKENIZER_PORT']}"
+    assert (
+        api["SPLITGPT_API_TOKENIZER_ADDRESS"]
+        == f"tokenizer:{compose_env(doc['services']['tokenizer'])['SPLITGPT_TOKENIZER_PORT']}"
+    )
     assert api["REDIS_URL"].startswith("redis://redis:6379/")
 
 
@@ -458,7 +468,21 @@ def panel_exprs(dashboard: dict) -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", []) if "expr" in t]
 
 
-_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan"}
+_PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -475,7 +499,9 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_metric_name_extraction():
-    assert metric_names('histogram_quantile(0.99, sum by (le, partition) (rate(a_bucket{x="y"}[$__rate_interval])))') == {"a_bucket"}
+    assert metric_names('histogram_quantile(0.99, sum by (le, partition) (rate(a_bucket{x="y"}[$__rate_interval])))') == {
+        "a_bucket"
+    }
     assert metric_names("sum(rate(x_total[5m])) / ignoring(status) sum(y)") == {"x_total", "y"}
 
 
@@ -558,7 +584,7 @@ def test_k8s_environment_names_are_settings_fields_and_parse(monkeypatch):
     checked = set()
     for workload, spec in pod_templates():
         for c in spec["containers"]:
-            if not c["image"].startswith("splitgpt"):
+            if not is_splitgpt_image(c["image"]):
                 continue
             subcommand = c["args"][0]
             where = f"k8s {workload['metadata']['name']}/{c['name']}"
@@ -577,7 +603,7 @@ def test_k8s_probes_and_services_use_the_ports_the_containers_bind(monkeypatch):
             assert c["resources"]["requests"] and c["resources"]["limits"], f"{c['name']}: resources"
             assert c.get("readinessProbe") and c.get("livenessProbe"), f"{c['name']}: probes"
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-            if not c["image"].startswith("splitgpt"):
+            if not is_splitgpt_image(c["image"]):
                 continue
             subcommand = c["args"][0]
             settings = load_settings(settings_classes()[subcommand], k8s_env(c, configmaps), monkeypatch)

@@ -1,0 +1,69 @@
+import { fetchCluster, fetchTasks } from "./api/client";
+import { ClusterPanel } from "./components/ClusterPanel";
+import { MetricsPanel } from "./components/MetricsPanel";
+import { Playground } from "./components/Playground";
+import { TasksPanel } from "./components/TasksPanel";
+import { useGeneration } from "./hooks/useGeneration";
+import { usePolling } from "./hooks/usePolling";
+
+// Every second: a replica that dies turns red within a probe interval or two.
+const POLL_MS = 1000;
+
+// Grafana comes with docker-compose.monitoring.yml, on port 3000 of the same host.
+function grafanaUrl(): string {
+  return `${window.location.protocol}//${window.location.hostname}:3000/d/splitgpt`;
+}
+
+export function App() {
+  const { state: generation, start, stop } = useGeneration();
+  const cluster = usePolling(fetchCluster, POLL_MS);
+  const tasks = usePolling(fetchTasks, POLL_MS, `${generation.requestId}:${generation.phase}`);
+  const apiUp = cluster.error == null && cluster.data != null;
+  // The replicas the page's own request runs on now, as the cluster reports them.
+  const ownTask = generation.phase === "running" ? tasks.data?.find((t) => t.request_id === generation.requestId) : undefined;
+  const ownChain = (ownTask?.chain ?? []).flatMap((id) => cluster.data?.nodes.filter((n) => n.id === id) ?? []);
+  return (
+    <>
+      <a className="skip-link" href="#prompt">
+        Skip to the prompt
+      </a>
+      <header className="topbar">
+        <div className="brand">
+          <span className="logo" aria-hidden="true">
+            <i style={{ background: "#38bdf8" }} />
+            <i style={{ background: "#a78bfa" }} />
+            <i style={{ background: "#34d399" }} />
+          </span>
+          <h1>splitgpt</h1>
+          <span className="muted model" data-testid="model-name" title={cluster.data?.model}>
+            {cluster.data?.model.split("/").filter(Boolean).pop() ?? ""}
+          </span>
+        </div>
+        <nav aria-label="Links">
+          <span className={`api-status ${apiUp ? "ok" : cluster.updatedAt || cluster.error ? "bad" : ""}`} role="status">
+            <span className={`dot ${apiUp ? "dot-up" : "dot-down"}`} aria-hidden="true" />
+            {apiUp ? "API connected" : cluster.error ? "API unreachable" : "connecting…"}
+          </span>
+          <a href="/docs" target="_blank" rel="noreferrer">
+            API docs
+          </a>
+          <a href={grafanaUrl()} target="_blank" rel="noreferrer" title="Grafana runs with docker-compose.monitoring.yml">
+            Grafana
+          </a>
+        </nav>
+      </header>
+      <main className="layout">
+        {/* Wide: what you send and what runs on the left, where and how long on the right.
+            Narrow: one column, in the order of a request (see styles.css). */}
+        <div className="column">
+          <Playground generation={generation} onSubmit={start} onStop={stop} />
+          <TasksPanel tasks={tasks} ownRequestId={generation.requestId} />
+        </div>
+        <div className="column">
+          <ClusterPanel cluster={cluster} tasks={tasks.data ?? []} ownRequestId={generation.phase === "running" ? generation.requestId : null} />
+          <MetricsPanel generation={generation} chain={ownChain} />
+        </div>
+      </main>
+    </>
+  );
+}

@@ -1,0 +1,84 @@
+// The page's calls to the splitgpt API. Paths are same-origin: `splitgpt ui`
+// (or nginx in a container, or Vite in development) proxies them to the API.
+
+import { ApiError, errorFromResponse, unreachable } from "./errors";
+import { readSse } from "./sse";
+import type { ClusterState, ErrorBody, GenerationRequest, ProcessResponse, Task, TokenEvent } from "./types";
+
+async function send(path: string, init?: RequestInit): Promise<Response> {
+  let response: Response;
+  try {
+    response = await fetch(path, init);
+  } catch (cause) {
+    if (init?.signal?.aborted) throw cause; // the page cancelled it: not an error to show
+    throw unreachable(cause);
+  }
+  if (!response.ok) throw await errorFromResponse(response);
+  return response;
+}
+
+async function getJson<T>(path: string, signal?: AbortSignal): Promise<T> {
+  const response = await send(path, { signal, headers: { accept: "application/json" } });
+  return (await response.json()) as T;
+}
+
+export const fetchCluster = (signal?: AbortSignal) => getJson<ClusterState>("/api/cluster", signal);
+
+export const fetchTasks = async (signal?: AbortSignal) => (await getJson<{ tasks: Task[] }>("/api/tasks", signal)).tasks;
+
+/** Cancel a running request; false when it had already finished. */
+export async function cancelTask(requestId: string): Promise<boolean> {
+  try {
+    await send(`/api/tasks/${encodeURIComponent(requestId)}`, { method: "DELETE" });
+    return true;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return false;
+    throw error;
+  }
+}
+
+export function newRequestId(): string {
+  return `ui-${crypto.randomUUID()}`;
+}
+
+export interface StreamOptions {
+  requestId: string;
+  signal?: AbortSignal;
+  onToken: (token: TokenEvent) => void;
+}
+
+/**
+ * POST /api/model/stream and feed every `token` event to onToken; resolves with
+ * the `done` event's whole response. A refused request (4xx/5xx before the
+ * stream starts) and an `error` event mid-stream both reject with an ApiError.
+ */
+export async function streamGeneration(request: GenerationRequest, options: StreamOptions): Promise<ProcessResponse> {
+  const response = await send("/api/model/stream", {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "text/event-stream", "x-request-id": options.requestId },
+    body: JSON.stringify(request),
+    signal: options.signal,
+  });
+  if (!response.body) throw new ApiError(502, "no_body", "the stream answered without a body");
+  for await (const event of readSse(response.body, options.signal)) {
+    if (event.event === "token") {
+      options.onToken(JSON.parse(event.data) as TokenEvent);
+    } else if (event.event === "done") {
+      return JSON.parse(event.data) as ProcessResponse;
+    } else if (event.event === "error") {
+      const { error } = JSON.parse(event.data) as ErrorBody;
+      throw new ApiError(streamErrorStatus(error.type), error.type, error.message, error.param);
+    }
+  }
+  if (options.signal?.aborted) throw new DOMException("cancelled", "AbortError");
+  throw new ApiError(502, "stream_ended", "the stream ended before its `done` event (the API or the proxy went away)");
+}
+
+// An error event has no status line; map its type to the status the same
+// error gets when it happens before the stream starts, so it reads the same.
+function streamErrorStatus(type: string): number {
+  if (type.includes("overload") || type.includes("queue")) return 429;
+  if (type.includes("unavailable") || type === "shutting_down") return 503;
+  if (type.includes("timeout") || type.includes("deadline")) return 504;
+  return 500;
+}

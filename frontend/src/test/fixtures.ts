@@ -1,0 +1,49 @@
+import type { ClusterNode, ClusterState, ProcessResponse } from "../api/types";
+
+export function node(id: string, partition: number, layers: [number, number] | null, extra: Partial<ClusterNode> = {}): ClusterNode {
+  return {
+    id,
+    address: `127.0.0.1:${50100 + Number(id.slice(-1)) + partition * 2}`,
+    partition,
+    layers,
+    status: "SERVING",
+    circuit: "closed",
+    consecutive_failures: 0,
+    in_flight: 0,
+    latency_ewma_ms: 4.2,
+    ...extra,
+  };
+}
+
+/** 6 blocks in 3 partitions x 2 replicas, one replica of partition 1 killed. */
+export const CLUSTER: ClusterState = {
+  model: "models/tiny-gpt2",
+  nodes: [
+    node("part2-r1", 2, [5, 6]),
+    node("part0-r0", 0, [0, 3], { in_flight: 1 }),
+    node("part0-r1", 0, [0, 3]),
+    node("part1-r0", 1, [3, 5], { status: "UNREACHABLE", circuit: "open", consecutive_failures: 3, latency_ewma_ms: null }),
+    node("part1-r1", 1, [3, 5], { in_flight: 1 }),
+    node("part2-r0", 2, [5, 6], { in_flight: 1 }),
+  ],
+};
+
+export const RESPONSE: ProcessResponse = {
+  generated_text: " to be found",
+  finish_reason: "length",
+  usage: { prompt_tokens: 5, completion_tokens: 3 },
+  cached: false,
+  timings: {
+    total_ms: 120.5,
+    tokenize_ms: 1.25,
+    inference_ms: 100,
+    partitions: [
+      { partition: 0, node: "part0-r0", ms: 40 },
+      { partition: 1, node: "part1-r0", ms: 10 },
+      { partition: 1, node: "part1-r1", ms: 20 },
+      { partition: 2, node: "part2-r0", ms: 35 },
+    ],
+  },
+  request_id: "ui-1",
+  model: "models/tiny-gpt2",
+};
