@@ -10,9 +10,12 @@ STUBS := $(patsubst protos/%.proto,services/%_pb2.py,$(PROTOS))
 MODEL_ID ?= gpt2
 PARTITIONS ?= 3
 REPLICAS ?= 1
+API_PORT ?= 8000
+GRPC_PORT_BASE ?= 50050
+UI_PORT ?= 5173
 TINY_MODEL := models/tiny-gpt2
 
-.PHONY: install stubs up test bench tiny-model up-tiny clean
+.PHONY: install stubs up test test-fast lint bench tiny-model up-tiny clean
 
 install: $(INSTALLED)
 
@@ -30,7 +33,7 @@ $(STUBS) &: $(PROTOS) $(INSTALLED)
 stubs: $(STUBS)
 
 up: stubs
-	MODEL_ID=$(MODEL_ID) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS)
+	MODEL_ID=$(MODEL_ID) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS) --api-port $(API_PORT) --grpc-port-base $(GRPC_PORT_BASE) --ui-port $(UI_PORT)
 
 # Offline: a small random GPT-2 with the real GPT-2 tokenizer, written by transformers.
 $(TINY_MODEL)/config.json: | $(INSTALLED)
@@ -39,10 +42,25 @@ $(TINY_MODEL)/config.json: | $(INSTALLED)
 tiny-model: $(TINY_MODEL)/config.json
 
 up-tiny: stubs tiny-model
-	MODEL_ID=$(TINY_MODEL) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS)
+	MODEL_ID=$(TINY_MODEL) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS) --api-port $(API_PORT) --grpc-port-base $(GRPC_PORT_BASE) --ui-port $(UI_PORT)
 
-test: stubs
+# The web UI's npm dependencies, exactly as frontend/package-lock.json pins them: its
+# Vitest and browser tests run under pytest (tests/ui/), which skips them without npm.
+frontend/node_modules/.package-lock.json: frontend/package-lock.json
+	@command -v npm >/dev/null || { echo 'npm not found: the web UI tests will be skipped'; exit 0; }; \
+	cd frontend && npm ci --no-audit --no-fund
+
+test: lint stubs frontend/node_modules/.package-lock.json
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# Without the tests that start real services as processes (marked `system`).
+test-fast: stubs frontend/node_modules/.package-lock.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m 'not system'
+
+# One configuration (pyproject.toml [tool.ruff]); `make test` runs it first.
+lint: $(INSTALLED)
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
 
 # The stack against one Hugging Face process on a GPT-2-small-shaped checkpoint;
 # prints ratios measured in this run and writes run/bench/latest.{json,txt,png}.

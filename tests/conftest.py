@@ -31,3 +31,14 @@ def hf_model(tiny_checkpoint) -> GPT2LMHeadModel:
 def gpt2_small_checkpoint(tmp_path_factory) -> Path:
     """Random weights in GPT-2-small's geometry (124 M parameters), no tokenizer files."""
     return write_checkpoint(tmp_path_factory.mktemp("gpt2-small"), seed=0, with_tokenizer=False, **GPT2_SMALL)
+
+
+# Fixtures that start the whole stack (`splitgpt up`) as processes: every test
+# that uses one, directly or through another fixture, is a `system` test.
+STACK_FIXTURES = {"stack"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)

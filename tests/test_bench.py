@@ -8,6 +8,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.system  # starts real services as processes
+
 
 def test_bench_runs_interleaved_rounds_and_writes_its_report(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench"

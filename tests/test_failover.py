@@ -17,6 +17,8 @@ import pytest
 
 from splitgpt.bench.local_stack import Stack
 
+pytestmark = pytest.mark.system  # starts real services as processes
+
 PROMPTS = [f"Request number {i} asks the model about" for i in range(8)]
 MAX_TOKENS = 90
 FAST_HEALTH = {

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
+import pytest
 
-from splitgpt.bench.local_stack import Stack
+from splitgpt.bench.local_stack import Stack, free_port_base
+
+pytestmark = pytest.mark.system  # starts real services as processes
 
 
 def listening(port: int) -> bool:
@@ -30,7 +35,7 @@ def test_unreachable_hub_fails_at_start_naming_the_offline_way(tmp_path):
     )
     assert r.returncode == 2
     assert "could not get 'gpt2' from the Hugging Face Hub" in r.stderr
-    assert "splitgpt tiny-model" in r.stderr and "MODEL_ID=" in r.stderr
+    assert "make up-tiny" in r.stderr and "splitgpt tiny-model" in r.stderr and "MODEL_ID=" in r.stderr
 
 
 def test_up_serves_two_partitions_and_sigterm_stops_every_child(tiny_checkpoint, tmp_path):
@@ -58,3 +63,59 @@ def test_a_split_that_does_not_fit_the_model_is_refused_before_anything_starts(t
     )  # fmt: skip
     assert r.returncode == 2
     assert "range 0 starts at block 1, expected 0" in r.stderr
+
+
+@pytest.mark.parametrize("taken, flag", [("api", "--api-port"), ("node", "--grpc-port-base")])
+def test_a_port_in_use_is_named_with_the_option_that_moves_it_before_anything_starts(tiny_checkpoint, tmp_path, taken, flag):
+    base, api_port = free_port_base(60), free_port_base(1)
+    port = api_port if taken == "api" else base + 51  # part1-r0
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        started = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-m", "splitgpt.cli", "up", "--model", str(tiny_checkpoint), "--partitions", "2", "--no-ui",
+             "--api-port", str(api_port), "--grpc-port-base", str(base), "--run-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 2
+    assert f"port {port} on 127.0.0.1 (for {'api' if taken == 'api' else 'part1-r0'}) is already in use" in r.stderr
+    assert f"by pid {os.getpid()}" in r.stderr and f"choose another with {flag}" in r.stderr
+    assert "nothing was started" in r.stderr and "|" not in r.stdout  # no child said a word
+    assert time.monotonic() - started < 30  # before loading the model
+
+
+def test_up_help_shows_every_default_and_so_do_the_services(capsys):
+    from splitgpt.cli import main
+
+    for command, expected in (("up", "--api-port API_PORT   the HTTP API (default: 8000)"), ("node", "(default: 50100)"),
+                              ("api", "--shutdown-grace-s")):  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert exited.value.code == 0 and expected in out and "(default:" in out, out
+
+
+def test_a_killed_node_is_reported_and_restarted(tiny_checkpoint, tmp_path):
+    stack = Stack(tiny_checkpoint, tmp_path, partitions=1, restart=True, env={"SPLITGPT_COORDINATOR_HEALTH_INTERVAL_S": "0.3"})
+    try:
+        stack.wait_ready()
+        pid = stack.node_pid(0)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 40
+        while True:
+            nodes = {n["id"]: n for n in httpx.get(f"{stack.url}/api/cluster").json()["nodes"]}
+            try:
+                back = stack.node_pid(0) != pid and nodes["part0-r0"]["status"] == "SERVING"
+            except LookupError:
+                back = False
+            if back or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert back, nodes
+        r = httpx.post(f"{stack.url}/api/model/process", json={"text": "Hi", "max_tokens": 3}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        assert stack.stop() == 0
+    log = stack.log_path.read_text()
+    assert "splitgpt up: part0-r0 was killed by SIGKILL (signal 9); restarting it in 1s (restart 1 of 5)" in log

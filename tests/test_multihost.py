@@ -29,6 +29,8 @@ import pytest
 from splitgpt.bench.local_stack import free_port_base
 from tests.netns import Hosts, available, wait_until
 
+pytestmark = pytest.mark.system  # starts real services as processes
+
 NODE_PORT = 50100
 HOSTS = {"p0a": 0, "p0b": 0, "p1a": 1, "p1b": 1}
 CUT = ("p0a", "p1a")  # one replica of every partition
@@ -145,9 +147,24 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
                 hosts.spawn(
                     name,
                     [
-                        sys.executable, "-m", "splitgpt.cli", "node", "--node-id", name,
-                        "--partition", str(partition), "--num-partitions", "2", "--split", "even",
-                        "--host", "0.0.0.0", "--port", str(NODE_PORT), "--torch-threads", "1",
+                        sys.executable,
+                        "-m",
+                        "splitgpt.cli",
+                        "node",
+                        "--node-id",
+                        name,
+                        "--partition",
+                        str(partition),
+                        "--num-partitions",
+                        "2",
+                        "--split",
+                        "even",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        str(NODE_PORT),
+                        "--torch-threads",
+                        "1",
                     ],  # fmt: skip
                     env,
                     log_dir / f"node-{name}.log",
@@ -155,9 +172,7 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
             config = {
                 "num_partitions": 2,
                 "split": "even",
-                "nodes": [
-                    {"id": name, "address": f"{hosts.ip(name)}:{NODE_PORT}", "partition": p} for name, p in HOSTS.items()
-                ],
+                "nodes": [{"id": name, "address": f"{hosts.ip(name)}:{NODE_PORT}", "partition": p} for name, p in HOSTS.items()],
             }
             config_path = tmp_path / "cluster.json"
             config_path.write_text(json.dumps(config, indent=1))
@@ -170,8 +185,15 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
             start_root(
                 "coordinator",
                 [
-                    "coordinator", "--cluster-config", str(config_path), "--port", str(coord_port),
-                    "--health-interval-s", "0.5", "--step-timeout-s", "2",
+                    "coordinator",
+                    "--cluster-config",
+                    str(config_path),
+                    "--port",
+                    str(coord_port),
+                    "--health-interval-s",
+                    "0.5",
+                    "--step-timeout-s",
+                    "2",
                 ],  # fmt: skip
             )
             start_root(
@@ -209,10 +231,12 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
             assert all(not isinstance(r, BaseException) and r.status_code == 200 for r in warm), [_describe(r) for r in warm]
             bodies = [{"text": p, "max_tokens": MAX_TOKENS, "ignore_eos": True} for p in PROMPTS]
             results, clean_s = _post_all(url, bodies)
-            bad = [f"{p!r}: {_describe(r)}" for p, r in zip(PROMPTS, results) if isinstance(r, BaseException) or r.status_code != 200]
+            bad = [
+                f"{p!r}: {_describe(r)}" for p, r in zip(PROMPTS, results) if isinstance(r, BaseException) or r.status_code != 200
+            ]
             assert not bad, "fault-free run failed:\n" + "\n".join(bad) + f"\n{_logs(log_dir)}"
             expected = {p: r.json()["generated_text"] for p, r in zip(PROMPTS, results)}
-            for p, r in zip(PROMPTS, results):
+            for r in results:
                 body = r.json()
                 assert body["usage"]["completion_tokens"] == MAX_TOKENS and body["cached"] is False, body
                 assert NEVER not in body["generated_text"]
@@ -243,7 +267,9 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
                     if tasks is None:
                         time.sleep(max(0.0, fallback_s - (time.monotonic() - t_start)))
                         break
-                    seen.append((round(time.monotonic() - t_start, 2), sorted(t.get("generated_tokens", 0) for t in tasks.values())))
+                    seen.append(
+                        (round(time.monotonic() - t_start, 2), sorted(t.get("generated_tokens", 0) for t in tasks.values()))
+                    )
                     decoding = [t for t in tasks.values() if 3 <= t.get("generated_tokens", 0) <= MAX_TOKENS - 10]
                     if len(decoding) >= len(ids) // 2 and any(set(t.get("chain", [])) & set(CUT) for t in decoding):
                         at_cut = tasks
@@ -293,7 +319,8 @@ def test_cut_hosts_mid_generation_requests_complete_on_replicas(tiny_checkpoint:
                 elif r.json()["cached"]:
                     failures.append(f"{p!r}: answered from the result cache")
             assert not failures, (
-                f"{len(failures)}/8 requests failed or differ after cutting {CUT}:\n" + "\n".join(failures)
+                f"{len(failures)}/8 requests failed or differ after cutting {CUT}:\n"
+                + "\n".join(failures)
                 + f"\n{_logs(log_dir)}"
             )
             if at_cut is not None:

@@ -11,6 +11,8 @@ import pytest
 
 from tests.netns import Hosts, _ip, available, wait_until
 
+pytestmark = pytest.mark.system  # starts real services as processes
+
 ECHO_SERVER = (
     "import socket,sys\n"
     "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
@@ -57,7 +59,12 @@ def test_hosts_reach_cut_restore_and_clean_up(tmp_path):
 
         # Host b reaches host a across the bridge as well.
         from_b = hosts.exec(
-            "b", [sys.executable, "-c", f"import socket; s=socket.create_connection(('{a}', {PORT}), 2); s.sendall(b'hi'); print(s.recv(9).decode())"]
+            "b",
+            [
+                sys.executable,
+                "-c",
+                f"import socket; s=socket.create_connection(('{a}', {PORT}), 2); s.sendall(b'hi'); print(s.recv(9).decode())",
+            ],
         )
         assert from_b.stdout.strip() == "hi", from_b.stderr
 

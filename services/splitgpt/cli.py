@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ commands:
   tokenizer    serve the tokenizer
   coordinator  drive generation across the nodes
   api          serve the HTTP API gateway
+  ui           serve the web UI (frontend/) with a same-origin proxy to the API
   tiny-model   write a small random GPT-2 checkpoint for offline use
   bench        the stack against one Hugging Face process (ratios measured in one run)
   probe        grpc.health.v1 check of a service (exit 0 when SERVING), for container health checks
@@ -60,12 +63,31 @@ def probe(argv: list[str]) -> None:
     sys.exit(0 if status == "SERVING" else 1)
 
 
+SERVICES = ("up", "node", "tokenizer", "coordinator", "api", "ui")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
+    if command in SERVICES:
+        # Until the service takes SIGINT over (its event loop's handler,
+        # uvicorn's, the launcher's), it is importing or loading with nothing
+        # to finish: a Ctrl-C, or `splitgpt up` stopping it, ends it at once.
+        # A KeyboardInterrupt raised inside an import can be swallowed there
+        # (seen in numpy's lazy imports) and leave the service running.
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    try:
+        _run(command, rest)
+    except KeyboardInterrupt:
+        # Ctrl-C, or `splitgpt up` stopping a service that is still importing
+        # or loading (before the service took SIGINT over): a stop, not a crash.
+        sys.exit(130)
+
+
+def _run(command: str, rest: list[str]) -> None:
     if command == "up":
         from .launcher import main as run
     elif command == "node":
@@ -76,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         from .shells.coordinator_service import main as run
     elif command == "api":
         from .api.main import main as run
+    elif command == "ui":
+        from .ui.main import main as run
     elif command == "tiny-model":
         run = tiny_model
     elif command == "probe":

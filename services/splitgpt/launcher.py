@@ -1,8 +1,12 @@
 """`splitgpt up`: the whole stack as local processes, one command.
 
 Starts the tokenizer, N x R partition nodes, the coordinator and the API,
-writes the cluster config they share, prefixes every log line with the
-service's name, and stops every child on Ctrl-C or SIGTERM.
+writes the cluster config they share, and prefixes every log line with the
+service's name. Every port is checked before anything starts. A child that
+dies is reported and restarted (supervisor.py). Ctrl-C or SIGTERM stops the
+stack front to back: the API first (running requests get a grace period),
+then the coordinator, then the nodes and the tokenizer; a second Ctrl-C
+kills everything at once.
 """
 
 from __future__ import annotations
@@ -13,40 +17,39 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from .core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from .core.cluster_config import ClusterConfig, NodeEntry
 from .core.partitioning import PartitionError, parse_split, resolve_split
+from .ports import can_listen, listener_of
+from .supervisor import Child, RestartPolicy, Supervisor
 
-COLORS = ["36", "32", "33", "35", "34", "31", "96", "92", "93", "95"]
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    process: asyncio.subprocess.Process | None = None
+# Stop order (supervisor.py): what takes requests first, what serves them last.
+FRONT, COORDINATION, BACKENDS = 0, 1, 2
+# The Makefile variable that sets an option of `make up`.
+MAKE_VARIABLES = {"--api-port": "API_PORT", "--grpc-port-base": "GRPC_PORT_BASE"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="splitgpt up", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="splitgpt up", description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default=os.environ.get("MODEL_ID", "gpt2"), help="Hub id or checkpoint directory (env MODEL_ID)")
-    p.add_argument("--partitions", type=int, default=3)
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--partitions", type=int, default=3, help="the model's blocks are cut into this many nodes")
+    p.add_argument("--replicas", type=int, default=1, help="nodes serving each partition")
     p.add_argument(
         "--split",
         default="balanced",
-        help="balanced (default: counts the embedding/head on the last part as the blocks it is worth) "
+        help="balanced (counts the embedding/head on the last part as the blocks it is worth) "
         "| even | explicit ranges like 0-4,4-8,8-12",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--api-port", type=int, default=8000)
-    p.add_argument("--grpc-port-base", type=int, default=50050, help="coordinator; tokenizer +1; nodes from +50")
+    p.add_argument("--host", default="127.0.0.1", help="every service listens on this address")
+    p.add_argument("--api-port", type=int, default=8000, help="the HTTP API")
+    p.add_argument("--ui-port", type=int, default=5173, help="the web UI (built from frontend/ when stale)")
+    p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
+    p.add_argument("--grpc-port-base", type=int, default=50050, help="coordinator on it, tokenizer on +1, nodes from +50 on")
     p.add_argument("--run-dir", type=Path, default=Path("run"), help="where the cluster config is written")
     p.add_argument(
         "--torch-threads",
@@ -57,11 +60,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--micro-batches", type=int, default=0, help="in flight at once (pipeline parallelism); 0: min(partitions, cores)"
     )
-    p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the whole stack to become ready")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=3.0,
+        help="on Ctrl-C, seconds that running requests get to finish before they end with a shutting_down error",
+    )
+    p.add_argument(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start a child that dies again, after a backoff (1s, doubling)",
+    )
+    p.add_argument("--max-restarts", type=int, default=5, help="restarts in a row before giving up on a child")
     return p.parse_args(argv)
 
 
-def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], ClusterConfig]:
+def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], ClusterConfig, Path]:
+    """The children to start and the cluster config they share (written by the caller).
+
+    A child names the port it listens on and the option that moves it (both
+    checked before anything starts), and its tier: when it stops, see FRONT.
+    """
     base = args.grpc_port_base
     coordinator_addr, tokenizer_addr = f"{args.host}:{base}", f"{args.host}:{base + 1}"
     nodes = [
@@ -70,9 +91,7 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
         for r in range(args.replicas)
     ]
     config = ClusterConfig(model=str(model_dir), num_partitions=args.partitions, split=parse_split(args.split), nodes=nodes)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = (args.run_dir / "cluster.json").resolve()
-    config.dump(config_path)
 
     # All nodes share this host's cores: as many micro-batches in flight as
     # there are cores (each busy node gets one), unless told otherwise; at each
@@ -90,7 +109,13 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
     # step's own regions without starving the neighbours.
     node_env = {"GOMP_SPINCOUNT": "10000", **env}
     me = [sys.executable, "-m", "splitgpt.cli"]
-    children = [Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1)], env)]
+    grpc_port = "--grpc-port-base"
+    # The backends stop on SIGINT: it skips a node's drain (DRAIN_S), which is
+    # for a coordinator to move requests away, and by then the coordinator is gone.
+    children = [
+        Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1)], env,
+              tier=BACKENDS, stop_signal=signal.SIGINT, port=base + 1, port_flag=grpc_port)
+    ]  # fmt: skip
     for node in nodes:
         host, port = node.address.rsplit(":", 1)
         children.append(
@@ -100,35 +125,65 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
                       "--num-partitions", str(args.partitions), "--split", args.split,
                       "--host", host, "--port", port, "--torch-threads", str(threads), *divide],
                 node_env,
+                tier=BACKENDS, stop_signal=signal.SIGINT, port=int(port), port_flag=grpc_port,
+                essential=False,  # another replica may serve its partition; /api/ready tells
             )
         )  # fmt: skip
     children.append(
         Child(
             "coordinator",
             me + ["coordinator", "--cluster-config", str(config_path), "--host", args.host, "--port", str(base),
-                  "--micro-batches", str(micro_batches)],  # fmt: skip
+                  "--micro-batches", str(micro_batches)],
             env,
+            tier=COORDINATION, port=base, port_flag=grpc_port,
         )
-    )
+    )  # fmt: skip
     api_env = {**env, "SPLITGPT_API_TOKENIZER_ADDRESS": tokenizer_addr, "SPLITGPT_API_COORDINATOR_ADDRESS": coordinator_addr}
-    children.append(Child("api", me + ["api", "--host", args.host, "--port", str(args.api_port)], api_env))
-    return children, config
+    children.append(
+        Child(
+            "api",
+            me + ["api", "--host", args.host, "--port", str(args.api_port), "--shutdown-grace-s", str(args.shutdown_grace)],
+            api_env,
+            tier=FRONT, port=args.api_port, port_flag="--api-port",
+            stop_timeout_s=args.shutdown_grace + 5,  # uvicorn's own backstop is at grace + 2
+        )
+    )  # fmt: skip
+    if not args.no_ui:
+        # Builds the page first when it is missing or stale (npm ci, vite build); without
+        # Node it says so in one line and serves a page saying the same: the stack runs on.
+        api_url = f"http://{args.host}:{args.api_port}"
+        ui_argv = ["ui", "--host", args.host, "--port", str(args.ui_port), "--api-url", api_url, "--build", "true"]
+        # Stopped with the API: it relays the API's last events to the page, then exits.
+        children.append(
+            Child("ui", me + ui_argv, env, tier=FRONT, port=args.ui_port, port_flag="--ui-port",
+                  stop_timeout_s=args.shutdown_grace + 5, essential=False)
+        )  # fmt: skip
+    return children, config, config_path
 
 
-async def _pump(child: Child, color: str) -> None:
-    assert child.process and child.process.stdout
-    tag = f"\033[{color}m{child.name:<12}|\033[0m " if sys.stdout.isatty() else f"{child.name:<12}| "
-    async for line in child.process.stdout:
-        sys.stdout.write(tag + line.decode(errors="replace"))
-        sys.stdout.flush()
+def port_problems(host: str, children: list[Child]) -> list[str]:
+    """One line per port that a child could not listen on, naming the option that moves it."""
+    problems, planned = [], {}
+    for child in children:
+        if child.port is None:
+            continue
+        if child.port in planned:
+            problems.append(f"port {child.port} is planned for both {planned[child.port]} and {child.name}: "
+                            f"change {child.port_flag}")  # fmt: skip
+            continue
+        planned[child.port] = child.name
+        if not can_listen(host, child.port):
+            holder = listener_of(child.port)
+            make = f" (make up {MAKE_VARIABLES[child.port_flag]}=...)" if child.port_flag in MAKE_VARIABLES else ""
+            problems.append(f"port {child.port} on {host} (for {child.name}) is already in use"
+                            f"{f' by {holder}' if holder else ''}: stop that, or choose another with {child.port_flag}{make}")  # fmt: skip
+    return problems
 
 
-async def _wait_ready(url: str, timeout_s: float, children: list[Child]) -> bool:
+async def _wait_ready(url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=2.0) as client:
         while time.monotonic() < deadline:
-            if any(c.process and c.process.returncode is not None for c in children):
-                return False
             try:
                 if (await client.get(url)).status_code == 200:
                     return True
@@ -138,61 +193,80 @@ async def _wait_ready(url: str, timeout_s: float, children: list[Child]) -> bool
     return False
 
 
-async def _stop(children: list[Child], grace_s: float = 10.0) -> None:
-    running = [c.process for c in children if c.process and c.process.returncode is None]
-    for p in running:
-        p.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), grace_s)
-    except TimeoutError:
-        for p in running:
-            if p.returncode is None:
-                p.kill()
-        await asyncio.gather(*(p.wait() for p in running))
+def say(line: str) -> None:
+    print(f"splitgpt up: {line}", file=sys.stderr, flush=True)
 
 
 async def run(args: argparse.Namespace) -> int:
+    # Ports first: that answer needs no model, and loading one (torch, transformers) takes seconds.
+    try:
+        children, _, _ = plan(args, Path(args.model))
+    except PartitionError as exc:
+        say(str(exc))
+        return 2
+    if problems := port_problems(args.host, children):
+        say("nothing was started:\n  " + "\n  ".join(problems))
+        return 2
+    from .core.checkpoint import ModelSourceError, load_config, resolve_model_dir
+
     try:
         model_dir = await asyncio.to_thread(resolve_model_dir, args.model)
         config = load_config(model_dir)
         ranges = resolve_split(args.split, config.n_layer, args.partitions, config.vocab_size, config.n_embd)
     except (ModelSourceError, PartitionError) as exc:
-        print(f"splitgpt up: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
+    children, cluster, config_path = plan(args, model_dir)
     print(f"splitgpt up: {args.model}, {config.n_layer} blocks in {args.partitions} partitions: {ranges}", flush=True)
-    children, config = plan(args, model_dir)
-    stop = asyncio.Event()
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    cluster.dump(config_path)
+
+    supervisor = Supervisor(children, RestartPolicy(enabled=args.restart, max_restarts=args.max_restarts))
+    stop_asked = asyncio.Event()
+    forced: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if not stop_asked.is_set():
+            stop_asked.set()
+            say(f"stopping: the API first (running requests get {args.shutdown_grace:g}s), then the coordinator, "
+                "then the nodes and the tokenizer. Ctrl-C again to kill everything now.")  # fmt: skip
+        else:
+            forced.append(sig)
+            say("killing every child now")
+            supervisor.kill_now()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    pumps = []
-    for i, child in enumerate(children):
-        child.process = await asyncio.create_subprocess_exec(
-            *child.argv, env=child.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-        )  # fmt: skip
-        pumps.append(asyncio.create_task(_pump(child, COLORS[i % len(COLORS)])))
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    await supervisor.start()
     api = f"http://{args.host}:{args.api_port}"
-    ready = asyncio.create_task(_wait_ready(f"{api}/api/ready", args.ready_timeout, children))
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait([ready, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopping = asyncio.ensure_future(stop_asked.wait())
+    ready = asyncio.ensure_future(_wait_ready(f"{api}/api/ready", args.ready_timeout))
+    await asyncio.wait([ready, stopping, supervisor.failed], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if ready.done() and ready.result():
+        supervisor.serving = True
         print(
-            f"splitgpt is ready: {config.num_partitions} partitions x {args.replicas} replicas of {args.model}\n"
+            f"splitgpt is ready: {cluster.num_partitions} partitions x {args.replicas} replicas of {args.model}\n"
             f"  curl -s {api}/api/model/process -H 'content-type: application/json' -d '{{\"text\": \"Hello\"}}'\n"
-            f"  docs: {api}/docs",
+            f"  docs: {api}/docs" + ("" if args.no_ui else f"\n  web UI: http://{args.host}:{args.ui_port}"),
             flush=True,
         )
-        await stopped
-    elif not stopped.done():
-        print("splitgpt up: the stack did not become ready; stopping", file=sys.stderr, flush=True)
+        await asyncio.wait([stopping, supervisor.failed], return_when=asyncio.FIRST_COMPLETED)
+    if supervisor.failed.done():
+        say("stopping the stack")  # the reason is the line above
+        code = 1
+    elif not stopping.done():
+        say(f"the stack did not become ready within {args.ready_timeout:g}s (--ready-timeout); stopping")
         code = 1
     ready.cancel()
-    stopped.cancel()
-    await _stop(children)
-    for pump in pumps:
-        pump.cancel()
+    stopping.cancel()
+    started = time.monotonic()
+    await supervisor.stop()
+    if forced:
+        return 128 + forced[0]
+    say(f"stopped in {time.monotonic() - started:.1f}s")
     return code
 
 

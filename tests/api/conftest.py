@@ -22,3 +22,20 @@ def stack(tiny_checkpoint, tmp_path_factory):
 def api(stack):
     with httpx.Client(base_url=stack.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def gateway(stack):
+    """The gateway app in this process (FastAPI's TestClient), over the stack's real
+    tokenizer and coordinator: thousands of requests cost no HTTP round trips."""
+    from fastapi.testclient import TestClient
+
+    from splitgpt.api.app import create_app
+    from splitgpt.api.settings import ApiSettings
+
+    settings = ApiSettings(
+        tokenizer_address=f"127.0.0.1:{stack.grpc_base + 1}", coordinator_address=f"127.0.0.1:{stack.grpc_base}"
+    )
+    # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as a test error.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client

@@ -6,7 +6,6 @@ import json
 import time
 
 import httpx
-
 import pytest
 import torch
 from transformers import AutoTokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from splitgpt.api.backends import Backends, DecodeStream, LocalDecodeStream
 from splitgpt.api.settings import ApiSettings
 

@@ -3,9 +3,10 @@
 import random
 
 import pytest
+from tokenizers import Tokenizer, models
+
 from splitgpt.core.byte_decoding import ByteTableDecoder, token_bytes
 from splitgpt.core.tokenization import load_tokenizer
-from tokenizers import Tokenizer, models
 
 from .test_tokenization import go_offline, mixed_ids
 

@@ -48,7 +48,9 @@ def test_middle_partition_reads_only_its_blocks(tiny_checkpoint, reads):
     assert not part.holds_head
     # The bytes it holds are exactly those tensors' bytes.
     index = CheckpointIndex(tiny_checkpoint)
-    want = sum(t.numel() * t.element_size() for t in index.read(sorted(k.removeprefix("transformer.") for k in expected)).values())
+    want = sum(
+        t.numel() * t.element_size() for t in index.read(sorted(k.removeprefix("transformer.") for k in expected)).values()
+    )
     assert part.parameter_bytes == want
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
 
 from splitgpt.core.engine import (
-    CacheRefused,
-    NodeFailed,
     FinishEvent,
     GenerationEngine,
     GenerationError,
@@ -17,8 +16,8 @@ from splitgpt.core.engine import (
     TokenEvent,
 )
 from splitgpt.core.gpt2_partition import GPT2Partition
-from splitgpt.core.kv_cache import CacheMiss
-from splitgpt.core.node_engine import NodeEngine, SequenceStep, StepBatch
+from splitgpt.core.node_contract import NodeFailed, SequenceStep, StepBatch
+from splitgpt.core.node_engine import NodeEngine
 from splitgpt.core.partitioning import even_split
 from splitgpt.core.routing import Replica, Router
 from splitgpt.core.sampling import SamplingSpec
@@ -27,7 +26,8 @@ PROMPTS = [[15496, 11, 616, 1438, 318], [464, 2068, 7586, 21831], [40, 588, 257,
 
 
 class InProcessNode:
-    """`NodeClient` calling a NodeEngine directly: the same core the gRPC node wraps."""
+    """`NodeClient` calling a NodeEngine directly: the same core the gRPC node wraps,
+    raising the same contract errors (a CacheMiss goes straight to the engine)."""
 
     def __init__(self, engine: NodeEngine) -> None:
         self.engine = engine
@@ -38,10 +38,7 @@ class InProcessNode:
 
     async def step(self, batch):
         self.steps += 1
-        try:
-            return self.engine.step(batch)
-        except CacheMiss as exc:
-            raise CacheRefused(str(exc)) from exc
+        return self.engine.step(batch)
 
     async def release(self, session_ids):
         self.engine.release(session_ids)
@@ -78,6 +75,14 @@ async def collect(engine, req) -> tuple[list[int], FinishEvent]:
         else:
             return tokens, event
     raise AssertionError("no finish event")
+
+
+async def until(condition, timeout_s: float = 5.0) -> None:
+    """Wait for `condition` to hold; fail if it still does not after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
 
 
 def hf_greedy(hf_model, prompt, n):
@@ -162,11 +167,11 @@ async def test_closing_the_stream_cancels_and_frees_every_node(cluster):
     nodes, _ = cluster
     engine = make_engine(cluster)
     stream = engine.generate(GenerationRequest("gone", PROMPTS[0], max_tokens=50, ignore_eos=True))
-    async for event in stream:
+    async for _ in stream:
         break
     await stream.aclose()
-    await asyncio.sleep(0.05)  # releases run in the background
-    assert all("gone" not in n.engine.cache for n in nodes.values())
+    # Releases run in the background; a cache left behind stays, and fails this.
+    await until(lambda: all("gone" not in n.engine.cache for n in nodes.values()))
     await engine.close()
 
 
@@ -193,8 +198,8 @@ async def test_cancel_during_prefill_leaves_no_cache_behind(cluster):
     resume.set()
     finish = await waiting
     assert isinstance(finish, FinishEvent) and finish.finish_reason == "cancelled"
-    await asyncio.sleep(0.05)  # the iteration ends
-    assert all("mid" not in n.engine.cache for n in nodes.values())
+    # The held step ends and its release runs (later than a fixed sleep on a loaded host).
+    await until(lambda: all("mid" not in n.engine.cache for n in nodes.values()))
     await stream.aclose()
     await engine.close()
 
@@ -275,9 +280,13 @@ async def test_failed_replica_moves_the_sequence_and_replays(tiny_checkpoint, hf
         if len(tokens) == 7:
             chains.append(engine.tasks()[0]["chain"])
             dead.update(chains[0])  # kill both replicas in its chain
+            killed_at = time.monotonic()
     assert tokens == hf_greedy(hf_model, prompt, 20)
     failed = [r for r in router.replicas if r.node_id in dead]
-    assert all(r.circuit == "open" and r.consecutive_failures == 1 for r in failed)
+    # Each opened its circuit once, for the base backoff from its failure on
+    # (checked against the clock, not `circuit`: on a loaded host the
+    # remaining tokens can take longer than the backoff).
+    assert all(r.consecutive_failures == 1 and r.open_until >= killed_at + router.base_backoff_s for r in failed)
     await engine.close()
 
 
@@ -322,3 +331,21 @@ async def test_steps_tell_nodes_how_many_micro_batches_are_in_flight(cluster):
         *(collect(engine, GenerationRequest(f"r{i}", p, max_tokens=6, ignore_eos=True)) for i, p in enumerate(PROMPTS[:2]))
     )
     assert 2 in seen and set(seen) <= {1, 2}
+
+
+async def test_a_malformed_step_fails_its_requests_without_failing_the_node(cluster):
+    """A StepInputError is a bug every replica would refuse alike: the requests
+    fail at once, and the replica is neither marked failed nor failed over."""
+    nodes, router = cluster
+    real = nodes["p1"].step
+
+    async def truncating(batch):
+        return await real(StepBatch(batch.sequences, batch.hidden[:, :-1], batch.concurrent_steps))
+
+    nodes["p1"].step = truncating
+    engine = make_engine(cluster)
+    with pytest.raises(GenerationError, match="hidden must be") as err:
+        await collect(engine, GenerationRequest("bad", PROMPTS[0], 3))
+    assert err.value.kind == "internal"
+    assert all(r.consecutive_failures == 0 and r.circuit == "closed" for r in router.replicas)
+    await engine.close()

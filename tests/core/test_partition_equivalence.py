@@ -12,7 +12,9 @@ from splitgpt.core.partitioning import even_split
 
 KERNELS = [
     "reference",
-    pytest.param("onednn", marks=pytest.mark.skipif(not onednn_available(torch.device("cpu"), torch.float32), reason="no oneDNN")),
+    pytest.param(
+        "onednn", marks=pytest.mark.skipif(not onednn_available(torch.device("cpu"), torch.float32), reason="no oneDNN")
+    ),
 ]
 
 PROMPTS = [
@@ -33,10 +35,7 @@ def load_chain(checkpoint, n_parts: int, n_layer: int = 4, kernels: str = "auto"
 
 
 def caches_for(chain: list[GPT2Partition]) -> list[KVCacheStore]:
-    return [
-        KVCacheStore(p.n_local_layers, p.n_heads, p.head_dim, p.dtype, p.device, max_tokens=4096, ttl_s=600)
-        for p in chain
-    ]
+    return [KVCacheStore(p.n_local_layers, p.n_heads, p.head_dim, p.dtype, p.device, max_tokens=4096, ttl_s=600) for p in chain]
 
 
 def greedy(chain, prompt: list[int], n_new: int) -> tuple[list[int], list[torch.Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from splitgpt.shells.coordinator_service import expand_address
+from splitgpt.shells.cluster_view import expand_address
 
 
 async def test_literal_address_is_one_replica():

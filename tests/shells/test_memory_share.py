@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
+from splitgpt.bench.local_stack import free_port_base
 from splitgpt.core.checkpoint import CheckpointIndex
 from splitgpt.rpc import node_pb2, node_pb2_grpc
 from splitgpt.shells.grpc_runtime import insecure_channel, probe_health
-from splitgpt.bench.local_stack import free_port_base
 
 
 @pytest.fixture

@@ -5,24 +5,36 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .backends import Backends
+from .body_limit import BodyLimit
 from .cache import make_cache
+from .cors import Cors
+from .deps import BackendsDep, Generation, JsonBody, RequestId
+from .deps import request_id as _request_id
+from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
 from .generation import Done, GenerationService, TextDelta
 from .metrics import ApiMetrics, GenerationRequestMetrics
-from .schemas import ProcessRequest, ProcessResponse
+from .readiness import readiness
+from .schemas import (
+    CancelResponse,
+    ClusterResponse,
+    HealthResponse,
+    ProcessRequest,
+    ProcessResponse,
+    ReadyResponse,
+    TasksResponse,
+    sse_event_schema,
+)
 from .settings import ApiSettings
+from .shutdown import drain
 
 log = logging.getLogger("splitgpt.api")
 
@@ -46,7 +58,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    # Added first, so innermost: a 413 still passes CORS and the request metrics on its way out.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Cors, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.state.metrics = metrics
 
     app.add_middleware(GenerationRequestMetrics, metrics=metrics)
@@ -55,62 +69,33 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def _metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's detail list, plus one sentence naming what to fix.
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        detail = json.loads(json.dumps(errors, default=str))
-        if first.get("type") == "json_invalid":
-            where = first.get("loc", ("body", "?"))[-1]
-            reason = first.get("ctx", {}).get("error", "")
-            message = f"the request body is not valid JSON ({reason} at character {where})"
-            return JSONResponse({"error": {"type": "invalid_json", "message": message}, "detail": detail}, status_code=400)
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        message = f"{where}: {first.get('msg', 'invalid request')}"
-        body = {"error": {"type": "validation_error", "message": message, "param": where}, "detail": detail}
-        return JSONResponse(body, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = {"error": {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
-        return JSONResponse(body, status_code=500)
-
-    app.include_router(_routes())
+    install_error_handlers(app)
+    # Any route can meet a body over the limit, or a bug.
+    app.include_router(_routes(), responses=error_responses(413, 500))
     return app
 
 
-def _generation(request: Request) -> GenerationService:
-    return request.app.state.generation
-
-
-def _backends(request: Request) -> Backends:
-    return request.app.state.backends
-
-
-Generation = Annotated[GenerationService, Depends(_generation)]
-BackendsDep = Annotated[Backends, Depends(_backends)]
-RequestId = Annotated[str | None, Header(alias="X-Request-ID")]
-
-
-def _request_id(given: str | None) -> str:
-    return given if given and len(given) <= 128 else uuid.uuid4().hex
+# What a generation request can be refused with (besides 413/500, on every route).
+GENERATION_ERRORS = error_responses(400, 415, 422, 429, 502, 503, 504)
+COORDINATOR_ERRORS = error_responses(502, 503, 504)
+SSE_RESPONSE = {
+    "description": "Server-sent events: `token` per token, then `done` (the whole response), or `error` "
+    "(the one error shape) if the generation fails after the status line.",
+    "content": {"text/event-stream": {"schema": sse_event_schema()}},
+}
 
 
 def _routes() -> APIRouter:
     router = APIRouter()
 
-    @router.post("/api/model/process", response_model=ProcessResponse, tags=["model"])
+    @router.post(
+        "/api/model/process", response_model=ProcessResponse, tags=["model"], dependencies=[JsonBody], responses=GENERATION_ERRORS
+    )
     async def process(
         body: ProcessRequest, generation: Generation, request: Request, x_request_id: RequestId = None
     ) -> ProcessResponse:
         """Generate a completion for `text` and return it whole."""
-        work = asyncio.ensure_future(generation.process(body, _request_id(x_request_id)))
+        work = asyncio.ensure_future(drain.cut(generation.process(body, _request_id(x_request_id))))
         # A client that goes away cancels its generation (and so frees its caches on every node).
         while not work.done():
             await asyncio.wait([work], timeout=0.5)
@@ -119,85 +104,59 @@ def _routes() -> APIRouter:
                 raise ApiError(499, "client_closed_request", "the client closed the connection")
         return work.result()
 
-    @router.post("/api/model/stream", tags=["model"], response_class=StreamingResponse)
+    @router.post(
+        "/api/model/stream",
+        tags=["model"],
+        response_class=StreamingResponse,
+        dependencies=[JsonBody],
+        responses={200: SSE_RESPONSE, **GENERATION_ERRORS},
+    )
     async def stream(body: ProcessRequest, generation: Generation, x_request_id: RequestId = None):
-        """The same as /api/model/process, as server-sent events: `token` events, then one `done`."""
-        events = generation.stream(body, _request_id(x_request_id))
+        """The same as /api/model/process, as server-sent events: one `token` event per token, then one
+        `done` with the whole response; a failure after the 200 status line arrives as an `error` event."""
+        events = drain.cut_stream(generation.stream(body, _request_id(x_request_id)))
         # Pull the first event before answering, so a request the cluster
         # refuses gets its 4xx/5xx status instead of a 200 stream.
         first = await anext(events)
         return StreamingResponse(_sse(first, events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @router.get("/api/health", tags=["ops"])
-    async def health() -> dict:
+    @router.get("/api/health", tags=["ops"], response_model=HealthResponse)
+    async def health() -> HealthResponse:
         """The gateway process is alive."""
-        return {"status": "ok"}
+        return HealthResponse(status="ok")
 
-    @router.get("/api/ready", tags=["ops"])
+    @router.get(
+        "/api/ready",
+        tags=["ops"],
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "Not ready: `error` says what is missing."}},
+    )
     async def ready(backends: BackendsDep) -> JSONResponse:
         """200 only when the tokenizer, the coordinator and every partition can serve."""
-        checks = await backends.readiness()
-        partitions: dict[str, bool] = {}
-        if checks["coordinator"] != "UNREACHABLE":
-            try:
-                cluster = await backends.cluster()
-                for node in cluster.nodes:
-                    key = str(node.partition)
-                    partitions[key] = partitions.get(key, False) or node.status == "SERVING"
-            except ApiError:
-                pass
-        ok = checks["tokenizer"] == "SERVING" and checks["coordinator"] == "SERVING" and bool(partitions) and all(partitions.values())
-        body = {"ready": ok, "tokenizer": checks["tokenizer"], "coordinator": checks["coordinator"], "partitions": partitions}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        state = await readiness(backends)
+        return JSONResponse(state.model_dump(exclude_none=True), status_code=200 if state.ready else 503)
 
-    @router.get("/api/cluster", tags=["ops"])
-    async def cluster(backends: BackendsDep) -> dict:
+    @router.get("/api/cluster", tags=["ops"], response_model=ClusterResponse, responses=COORDINATOR_ERRORS)
+    async def cluster(backends: BackendsDep) -> ClusterResponse:
         """Every node (replica): its partition, blocks, health, circuit, load and step latency."""
-        state = await backends.cluster()
-        return {
-            "model": state.model_id,
-            "nodes": [
-                {
-                    "id": n.id,
-                    "address": n.address,
-                    "partition": n.partition,
-                    "layers": [n.start_block, n.end_block] if n.end_block else None,
-                    "status": n.status,
-                    "circuit": n.circuit,
-                    "consecutive_failures": n.consecutive_failures,
-                    "in_flight": n.in_flight,
-                    "latency_ewma_ms": n.latency_ewma_ms if n.HasField("latency_ewma_ms") else None,
-                }
-                for n in state.nodes
-            ],
-        }
+        return await backends.cluster()
 
-    @router.get("/api/tasks", tags=["ops"])
-    async def tasks(backends: BackendsDep) -> dict:
+    @router.get("/api/tasks", tags=["ops"], response_model=TasksResponse, responses=COORDINATOR_ERRORS)
+    async def tasks(backends: BackendsDep) -> TasksResponse:
         """Requests generating now: id, tokens so far, age, the chain of replicas."""
-        listing = await backends.tasks()
-        return {
-            "tasks": [
-                {
-                    "request_id": t.request_id,
-                    "state": t.state,
-                    "prompt_tokens": t.prompt_tokens,
-                    "generated_tokens": t.generated_tokens,
-                    "max_tokens": t.max_tokens,
-                    "age_s": round(t.age_s, 3),
-                    "chain": list(t.chain),
-                    "replays": t.replays,
-                }
-                for t in listing.tasks
-            ]
-        }
+        return await backends.tasks()
 
-    @router.delete("/api/tasks/{request_id}", tags=["ops"])
-    async def cancel_task(request_id: str, backends: BackendsDep) -> dict:
+    @router.delete(
+        "/api/tasks/{request_id}",
+        tags=["ops"],
+        response_model=CancelResponse,
+        responses={**error_responses(404, 422), **COORDINATOR_ERRORS},
+    )
+    async def cancel_task(request_id: str, backends: BackendsDep) -> CancelResponse:
         """Cancel a running request: its stream ends with finish_reason "cancelled"."""
         if not await backends.cancel_task(request_id):
-            raise ApiError(404, "not_found", f"no running request has id {request_id!r}", param="request_id")
-        return {"request_id": request_id, "cancelled": True}
+            raise ApiError(404, "not_found", "no running request has this id", param="request_id")
+        return CancelResponse(request_id=request_id, cancelled=True)
 
     return router
 

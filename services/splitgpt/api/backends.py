@@ -1,16 +1,25 @@
-"""gRPC clients the gateway uses: the tokenizer and the coordinator."""
+"""gRPC clients the gateway uses: the tokenizer and the coordinator.
+
+The edge of the gateway: protobuf and grpc stop here. Callers get core
+generation types, REST schemas and plain values, and every gRPC failure leaves
+as an ApiError (through `rpc_errors`, one status table in api/errors.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
 from ..core.byte_decoding import ByteTableDecoder
+from ..core.generation_types import FinishEvent, GenerationRequest, TokenEvent
 from ..rpc import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 from ..shells.grpc_runtime import insecure_channel, probe_health
-from .errors import from_grpc
+from . import wire
+from .grpc_errors import from_grpc, rpc_errors
+from .schemas import ClusterResponse, ModelInfo, TasksResponse
 from .settings import ApiSettings
 
 
@@ -21,18 +30,14 @@ class DecodeStream:
         self._call = stub.DecodeStream(timeout=timeout_s)
 
     async def push(self, ids: list[int]) -> str:
-        try:
+        with rpc_errors("tokenizer"):
             await self._call.write(tokenizer_pb2.DecodeStreamRequest(ids=ids))
             return (await self._call.read()).text
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "tokenizer") from exc
 
     async def flush(self) -> str:
-        try:
+        with rpc_errors("tokenizer"):
             await self._call.done_writing()
             reply = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "tokenizer") from exc
         return "" if reply is grpc.aio.EOF else reply.text
 
     def cancel(self) -> None:
@@ -68,8 +73,9 @@ class Backends:
         self._preferred = 0  # the tokenizer replica that answered last
         self.coordinator_channel = insecure_channel(settings.coordinator_address)
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel)
-        self._model: coordinator_pb2.ModelInfo | None = None
+        self._model: ModelInfo | None = None
         self._token_bytes: list[bytes] | None = None  # [] once the tokenizer says it has none
+        self._max_chars_per_token: int | None = None
         self._token_bytes_lock = asyncio.Lock()
         self._token_bytes_retry_at = 0.0  # after a failed fetch, streams decode remotely until then
 
@@ -82,11 +88,13 @@ class Backends:
         failure = None
         for i in self._tokenizer_order():
             try:
-                reply = await self.tokenizers[i].Encode(tokenizer_pb2.EncodeRequest(text=text), timeout=self.settings.rpc_timeout_s)
+                reply = await self.tokenizers[i].Encode(
+                    tokenizer_pb2.EncodeRequest(text=text), timeout=self.settings.rpc_timeout_s
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise from_grpc(exc, "tokenizer") from exc
-                failure = exc
+                failure = exc  # this replica is down or stuck: the next one may answer
                 continue
             self._preferred = i
             return list(reply.ids)
@@ -99,6 +107,21 @@ class Backends:
         if table:
             return LocalDecodeStream(table)
         return DecodeStream(self.tokenizers[self._preferred], self.settings.request_timeout_s)
+
+    async def max_chars_per_token(self) -> int | None:
+        """The most characters one token can stand for, from the token-bytes
+        table; None where there is no table (not byte-level, or not reachable now).
+
+        A character starts at exactly one byte that is not a UTF-8 continuation
+        byte (10xxxxxx), so a text of C characters needs at least C / L tokens,
+        L being the most such bytes in any one token (66 in GPT-2's vocabulary).
+        """
+        table = await self._token_bytes_table()
+        if not table:
+            return None
+        if self._max_chars_per_token is None:
+            self._max_chars_per_token = max(sum(1 for b in token if b & 0xC0 != 0x80) for token in table)
+        return self._max_chars_per_token
 
     async def _token_bytes_table(self) -> list[bytes] | None:
         if self._token_bytes is not None or time.monotonic() < self._token_bytes_retry_at:
@@ -116,39 +139,42 @@ class Backends:
                         self._token_bytes_retry_at = time.monotonic() + TOKEN_BYTES_RETRY_S
         return self._token_bytes
 
-    async def model_info(self) -> coordinator_pb2.ModelInfo:
+    async def model_info(self) -> ModelInfo:
         """Context size, vocabulary and name of the served model (asked once)."""
         if self._model is None:
-            try:
-                self._model = await self.coordinator.GetModelInfo(
+            with rpc_errors("coordinator"):
+                reply = await self.coordinator.GetModelInfo(
                     coordinator_pb2.ModelInfoRequest(), timeout=self.settings.rpc_timeout_s
                 )
-            except grpc.aio.AioRpcError as exc:
-                raise from_grpc(exc, "coordinator") from exc
+            self._model = wire.model_info(reply)
         return self._model
 
-    def generate(self, request: coordinator_pb2.GenerateRequest):
-        return self.coordinator.Generate(request, timeout=self.settings.request_timeout_s)
-
-    async def cluster(self) -> coordinator_pb2.ClusterState:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | FinishEvent]:
+        """The coordinator's events for `request`; closing the iterator early
+        cancels the call, and so frees the sequence's caches on every node."""
+        call = self.coordinator.Generate(wire.generate_request(request), timeout=self.settings.request_timeout_s)
         try:
-            return await self.coordinator.GetCluster(coordinator_pb2.ClusterRequest(), timeout=self.settings.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "coordinator") from exc
+            with rpc_errors("coordinator"):
+                async for event in call:
+                    yield wire.generate_event(event)
+        finally:
+            call.cancel()
 
-    async def tasks(self) -> coordinator_pb2.TaskList:
-        try:
-            return await self.coordinator.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=self.settings.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "coordinator") from exc
+    async def cluster(self) -> ClusterResponse:
+        with rpc_errors("coordinator"):
+            reply = await self.coordinator.GetCluster(coordinator_pb2.ClusterRequest(), timeout=self.settings.rpc_timeout_s)
+        return wire.cluster(reply)
+
+    async def tasks(self) -> TasksResponse:
+        with rpc_errors("coordinator"):
+            reply = await self.coordinator.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=self.settings.rpc_timeout_s)
+        return wire.tasks(reply)
 
     async def cancel_task(self, request_id: str) -> bool:
-        try:
+        with rpc_errors("coordinator"):
             reply = await self.coordinator.CancelTask(
                 coordinator_pb2.CancelTaskRequest(request_id=request_id), timeout=self.settings.rpc_timeout_s
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "coordinator") from exc
         return reply.cancelled
 
     async def readiness(self) -> dict[str, str]:
@@ -162,4 +188,3 @@ class Backends:
         for channel in self.tokenizer_channels:
             await channel.close()
         await self.coordinator_channel.close()
-

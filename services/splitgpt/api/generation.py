@@ -1,29 +1,30 @@
-"""One request through the gateway: tokenize, generate, detokenize, stop, cache."""
+"""One request through the gateway: check, tokenize, generate, detokenize, stop, cache.
+
+Speaks core generation types (GenerationRequest in, TokenEvent/FinishEvent
+out) and ApiError; protobuf and grpc stay behind Backends.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
-
-import grpc
+from typing import TYPE_CHECKING
 
 from ..core.cache_keys import result_key
+from ..core.generation_types import FinishEvent, GenerationRequest, SamplingSpec
 from ..core.stop_strings import StopMatcher
-from ..rpc import common_pb2, coordinator_pb2
-from .backends import Backends
+from . import cached_result, context_limits
 from .cache import ResultCache
-from .errors import ApiError, from_grpc
+from .cached_result import TextDelta
 from .metrics import ApiMetrics
-from .schemas import PartitionTimingOut, ProcessRequest, ProcessResponse, Timings, Usage
+from .schemas import ModelInfo, PartitionTimingOut, ProcessRequest, ProcessResponse, Timings, Usage
 
+if TYPE_CHECKING:  # the gRPC clients; only their interface is used here
+    from .backends import Backends
 
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-    token_id: int
-    index: int
+__all__ = ["Done", "GenerationService", "TextDelta"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Done:
 class _Run:
     body: ProcessRequest
     request_id: str
-    model: coordinator_pb2.ModelInfo
+    model: ModelInfo
     prompt_ids: list[int]
     started: float
     tokenize_ms: float
@@ -50,28 +51,26 @@ class GenerationService:
         self.metrics = metrics
 
     async def process(self, body: ProcessRequest, request_id: str) -> ProcessResponse:
-        done = None
-        async for event in self.stream(body, request_id):
-            if isinstance(event, Done):
-                done = event
-        assert done is not None
-        return done.response
+        async with aclosing(self.stream(body, request_id)) as events:
+            async for event in events:
+                if isinstance(event, Done):
+                    return event.response
+        raise AssertionError("a generation ended without its Done event")
 
     async def stream(self, body: ProcessRequest, request_id: str) -> AsyncIterator[TextDelta | Done]:
-        """Text deltas as tokens arrive, then Done with the whole response.
+        """Text deltas as tokens arrive (one per token), then Done with the whole response.
 
         Everything that can reject the request (validation, a full context, an
-        unavailable cluster) is raised before the first event.
+        unavailable cluster) is raised before the first event. A cache hit
+        replays the stored deltas, so it streams like a live run.
         """
         run = await self._prepare(body, request_id)
         if run.cache_key is not None:
-            errors = self.cache.errors
-            hit = await self.cache.get(run.cache_key)
-            self.metrics.cache.labels("error" if self.cache.errors > errors else ("hit" if hit else "miss")).inc()
+            hit = await self._lookup(run)
             if hit is not None:
-                response = self._cached_response(run, hit)
-                yield TextDelta(response.generated_text, -1, 0)
-                yield Done(response)
+                for delta in hit.deltas:
+                    yield delta
+                yield Done(hit.response)
                 return
         async for event in self._generate(run):
             yield event
@@ -79,89 +78,84 @@ class GenerationService:
     async def _prepare(self, body: ProcessRequest, request_id: str) -> _Run:
         started = time.perf_counter()
         model = await self.backends.model_info()
-        if body.max_tokens > model.n_ctx:
-            raise ApiError(
-                422, "validation_error", f"max_tokens must be at most the model's context of {model.n_ctx}", param="max_tokens"
-            )
-        if body.min_tokens > body.max_tokens:
-            raise ApiError(422, "validation_error", "min_tokens must not exceed max_tokens", param="min_tokens")
+        context_limits.check_settings(body.max_tokens, body.min_tokens, model)
+        context_limits.check_prompt_chars(body.text, model, await self.backends.max_chars_per_token())
         t0 = time.perf_counter()
         prompt_ids = await self.backends.encode(body.text)
         tokenize_ms = (time.perf_counter() - t0) * 1000
-        excess = len(prompt_ids) + body.max_tokens - model.n_ctx
-        if excess > 0:
-            raise ApiError(
-                400,
-                "context_length_exceeded",
-                f"the prompt is {len(prompt_ids)} tokens and max_tokens is {body.max_tokens}: together they exceed "
-                f"the model's context of {model.n_ctx} tokens by {excess}. Shorten the prompt or lower max_tokens "
-                f"to at most {max(model.n_ctx - len(prompt_ids), 0)}.",
-                param="max_tokens",
-            )
-        key = None
-        if body.deterministic:
-            params = body.model_dump(exclude={"text", "metadata"})
-            key = result_key(model.model_id, body.text, params)
+        context_limits.check_prompt_tokens(len(prompt_ids), body.max_tokens, model)
+        key = result_key(model.model_id, body.text, body.sampling_key()) if body.deterministic and body.cache else None
         return _Run(body, request_id, model, prompt_ids, started, tokenize_ms, key)
+
+    async def _lookup(self, run: _Run) -> cached_result.CachedResult | None:
+        errors = self.cache.errors
+        stored = await self.cache.get(run.cache_key)
+        timings = {
+            "total_ms": (time.perf_counter() - run.started) * 1000,
+            "tokenize_ms": run.tokenize_ms,
+            "inference_ms": 0.0,
+            "partitions": [],
+        }
+        hit = None
+        if stored is not None:
+            hit = cached_result.decode(stored, request_id=run.request_id, metadata=run.body.metadata, timings=timings)
+        self.metrics.cache.labels("error" if self.cache.errors > errors else ("hit" if hit else "miss")).inc()
+        return hit
 
     async def _generate(self, run: _Run) -> AsyncIterator[TextDelta | Done]:
         body = run.body
-        sampling = common_pb2.SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed)
-        call = self.backends.generate(
-            coordinator_pb2.GenerateRequest(
-                request_id=run.request_id,
-                prompt_ids=run.prompt_ids,
-                max_tokens=body.max_tokens,
-                min_tokens=body.min_tokens,
-                sampling=sampling,
-                ignore_eos=body.ignore_eos,
-            )
+        request = GenerationRequest(
+            request_id=run.request_id,
+            prompt_ids=run.prompt_ids,
+            max_tokens=body.max_tokens,
+            min_tokens=body.min_tokens,
+            sampling=SamplingSpec(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed),
+            ignore_eos=body.ignore_eos,
         )
         decoder = await self.backends.decode_stream()
         stopper = StopMatcher(body.stop)
-        text: list[str] = []
-        finish: coordinator_pb2.FinishEvent | None = None
+        deltas: list[TextDelta] = []
+        finish: FinishEvent | None = None
         completion_tokens = 0
         t0 = last_token_at = time.perf_counter()
+        # Closing the event stream (a stop string, a client gone) cancels the
+        # coordinator's call: it frees the sequence's caches on every node.
         try:
-            async for event in call:
-                if event.HasField("finish"):
-                    finish = event.finish
-                    break
-                token = event.token
-                completion_tokens += 1
-                now = time.perf_counter()
-                if completion_tokens == 1:
-                    self.metrics.ttft.observe(now - run.started)
-                else:
-                    self.metrics.itl.observe(now - last_token_at)
-                last_token_at = now
-                self.metrics.generated_tokens.inc()
-                for t in token.partitions:
-                    self.metrics.partition_step.labels(str(t.partition)).observe(t.ms / 1000)
-                    k = (t.partition, t.node_id)
-                    run.partition_ms[k] = run.partition_ms.get(k, 0.0) + t.ms
-                piece = stopper.push(await decoder.push([token.token_id]))
-                text.append(piece)
-                # One event per token, even when its text is held back (half a
-                # UTF-8 character, a possible stop string): clients count tokens.
-                yield TextDelta(piece, token.token_id, token.index)
-                if stopper.stopped:
-                    break
+            async with aclosing(self.backends.generate(request)) as events:
+                async for event in events:
+                    if isinstance(event, FinishEvent):
+                        finish = event
+                        break
+                    completion_tokens += 1
+                    now = time.perf_counter()
+                    if completion_tokens == 1:
+                        self.metrics.ttft.observe(now - run.started)
+                    else:
+                        self.metrics.itl.observe(now - last_token_at)
+                    last_token_at = now
+                    self.metrics.generated_tokens.inc()
+                    for t in event.partitions:
+                        self.metrics.partition_step.labels(str(t.partition)).observe(t.ms / 1000)
+                        k = (t.partition, t.node_id)
+                        run.partition_ms[k] = run.partition_ms.get(k, 0.0) + t.ms
+                    # One delta per token, even when its text is held back (half a
+                    # UTF-8 character, a possible stop string): clients count tokens.
+                    delta = TextDelta(stopper.push(await decoder.push([event.token_id])), event.token_id, event.index)
+                    deltas.append(delta)
+                    yield delta
+                    if stopper.stopped:
+                        break
             if not stopper.stopped:
                 tail = stopper.push(await decoder.flush()) + stopper.flush()
                 if tail:
-                    text.append(tail)
-                    yield TextDelta(tail, -1, completion_tokens)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "coordinator") from exc
+                    deltas.append(delta := TextDelta(tail, -1, completion_tokens))
+                    yield delta
         finally:
-            call.cancel()  # a stop string or a client gone: the coordinator frees the caches
             decoder.cancel()
         inference_ms = (time.perf_counter() - t0) * 1000
         reason = "stop" if stopper.stopped else (finish.finish_reason if finish else "length")
         response = ProcessResponse(
-            generated_text="".join(text),
+            generated_text="".join(d.text for d in deltas),
             finish_reason=reason,
             usage=Usage(prompt_tokens=len(run.prompt_ids), completion_tokens=completion_tokens),
             cached=False,
@@ -176,22 +170,11 @@ class GenerationService:
             metadata=body.metadata,
         )
         if run.cache_key is not None and reason != "cancelled":  # a cut-short result is not the result
-            await self.cache.set(run.cache_key, response.model_dump_json(exclude={"metadata", "request_id", "cached"}))
+            await self.cache.set(run.cache_key, cached_result.encode(response, deltas))
         yield Done(response)
 
     @staticmethod
-    def _partitions(run: _Run, finish: coordinator_pb2.FinishEvent | None) -> list[PartitionTimingOut]:
+    def _partitions(run: _Run, finish: FinishEvent | None) -> list[PartitionTimingOut]:
         if finish is not None:  # the coordinator's sum includes the step that produced EOS
             return [PartitionTimingOut(partition=t.partition, node=t.node_id, ms=t.ms) for t in finish.partitions]
         return [PartitionTimingOut(partition=p, node=n, ms=ms) for (p, n), ms in sorted(run.partition_ms.items())]
-
-    def _cached_response(self, run: _Run, stored: str) -> ProcessResponse:
-        data = json.loads(stored)
-        data.update(cached=True, request_id=run.request_id, metadata=run.body.metadata)
-        data["timings"] = {
-            "total_ms": (time.perf_counter() - run.started) * 1000,
-            "tokenize_ms": run.tokenize_ms,
-            "inference_ms": 0.0,
-            "partitions": [],
-        }
-        return ProcessResponse.model_validate(data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 
 import uvicorn
 
@@ -10,6 +12,7 @@ from ..logs import configure
 from ..shells.cli_settings import settings_from_cli
 from .app import create_app
 from .settings import ApiSettings
+from .shutdown import DrainingServer
 
 
 class _QuietProbes(logging.Filter):
@@ -24,4 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(ApiSettings, argv, "splitgpt api", "Serve the HTTP API gateway.")
     configure(settings.log_level)
     logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # After a graceful stop uvicorn raises the signal it stopped on again, with
+    # the handler it found: by default SIGTERM would then end a cleanly drained
+    # gateway as "killed by SIGTERM". A stop that drained is a success.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    DrainingServer(config, settings.shutdown_grace_s).run()

@@ -1,27 +1,31 @@
-"""The REST contract of /api/model/*."""
+"""The REST contract: request and response bodies of every route, and the one error shape."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .json_values import JsonObject, UnicodeText
 
 
 class ProcessRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "3", true and 2.0 are not integers, "yes" is not a boolean (a
+    # float field still takes a JSON integer). allow_inf_nan: NaN/Infinity/1e309
+    # parse as floats in Python's JSON but are no valid setting.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    text: str = Field(min_length=1, description="The prompt.")
-    metadata: dict[str, Any] | None = Field(None, description="Echoed back untouched.")
+    text: UnicodeText = Field(min_length=1, description="The prompt.")
+    metadata: JsonObject | None = Field(None, description="A JSON object echoed back untouched (nested at most 32 deep).")
     max_tokens: int = Field(64, ge=1, description="Tokens to generate at most (also bounded by the context).")
     min_tokens: int = Field(0, ge=0, description="EOS is not accepted before this many tokens.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 is greedy.")
     top_k: int = Field(0, ge=0, description="0 turns top-k off.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1 turns nucleus sampling off.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Makes sampling repeatable.")
-    stop: list[str] | str | None = Field(
+    stop: list[UnicodeText] | UnicodeText | None = Field(
         None, validate_default=True, description="Generation ends before any of these strings (at most 16)."
     )
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-text token.")
+    cache: bool = Field(True, description="false: skip the result cache for this request (neither looked up nor stored).")
 
     @field_validator("stop")
     @classmethod
@@ -36,6 +40,10 @@ class ProcessRequest(BaseModel):
     @property
     def deterministic(self) -> bool:
         return self.temperature == 0.0 or self.seed is not None
+
+    def sampling_key(self) -> dict:
+        """Every field that can change the generated text (the cache key's parameters)."""
+        return self.model_dump(exclude={"text", "metadata", "cache"})
 
 
 class Usage(BaseModel):
@@ -58,10 +66,113 @@ class Timings(BaseModel):
 
 class ProcessResponse(BaseModel):
     generated_text: str
-    finish_reason: str  # "length" | "eos" | "stop"
+    finish_reason: str = Field(description='"length" | "eos" | "stop" | "cancelled"')
     usage: Usage
     cached: bool
     timings: Timings
     request_id: str
     model: str
-    metadata: dict[str, Any] | None = None
+    metadata: dict | None = None
+
+
+class StreamToken(BaseModel):
+    """The data of one `token` event of /api/model/stream."""
+
+    text: str = Field(description="The text this token completes (may be empty: half a character, a possible stop string).")
+    token_id: int = Field(description="-1 for text released at the end that no single token completed.")
+    index: int
+
+
+def sse_event_schema() -> dict:
+    """One server-sent event of /api/model/stream (OpenAPI 3.1: `schema` of text/event-stream is per event)."""
+
+    def event(name: str, data: dict, description: str) -> dict:
+        return {
+            "description": description,
+            "properties": {"event": {"const": name}, "data": {"contentMediaType": "application/json", "contentSchema": data}},
+        }
+
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {"event": {"type": "string", "enum": ["token", "done", "error"]}, "data": {"type": "string"}},
+        "oneOf": [
+            event("token", StreamToken.model_json_schema(), "One per generated token, in order."),
+            event("done", {"$ref": "#/components/schemas/ProcessResponse"}, "The last event: the whole response."),
+            event(
+                "error",
+                {"$ref": "#/components/schemas/ErrorResponse"},
+                "The last event, instead of `done`, when the generation fails after the 200 status line.",
+            ),
+        ],
+    }
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="What kind of error, e.g. validation_error, context_length_exceeded, overloaded.")
+    message: str = Field(description="What went wrong and what to change.")
+    param: str | None = Field(None, description="The request field at fault, where there is one.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response, on every route."""
+
+    error: ErrorBody
+
+
+class ModelInfo(BaseModel):
+    """What the gateway knows of the served model (from the coordinator)."""
+
+    model_id: str
+    n_ctx: int
+    vocab_size: int
+    eos_token_id: int
+
+
+class NodeOut(BaseModel):
+    id: str
+    address: str
+    partition: int
+    layers: list[int] | None = Field(description="[start, end) blocks; null until the node has said")
+    status: str = Field(description="SERVING | NOT_SERVING | UNKNOWN | UNREACHABLE | MISCONFIGURED")
+    circuit: str = Field(description="closed | open")
+    consecutive_failures: int
+    in_flight: int
+    latency_ewma_ms: float | None
+
+
+class ClusterResponse(BaseModel):
+    model: str
+    nodes: list[NodeOut]
+
+
+class TaskOut(BaseModel):
+    request_id: str
+    state: str = Field(description="queued | prefill | decode")
+    prompt_tokens: int
+    generated_tokens: int
+    max_tokens: int
+    age_s: float
+    chain: list[str] = Field(description="node ids, partition 0 first")
+    replays: int
+
+
+class TasksResponse(BaseModel):
+    tasks: list[TaskOut]
+
+
+class CancelResponse(BaseModel):
+    request_id: str
+    cancelled: bool
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    tokenizer: str
+    coordinator: str
+    partitions: dict[str, bool] = Field(description="partition -> whether it has a SERVING node")
+    error: ErrorBody | None = Field(None, description="When not ready: what is missing (the one error shape).")

@@ -9,6 +9,7 @@ of the whole run.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 import time
@@ -36,7 +37,7 @@ class RequestTiming:
 
     @property
     def itl(self) -> list[float]:
-        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+        return [b - a for a, b in itertools.pairwise(self.token_times)]
 
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming:

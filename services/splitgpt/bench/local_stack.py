@@ -66,6 +66,8 @@ class Stack:
         split: str = "even",
         extra_args: list[str] = (),
         env: dict[str, str] | None = None,
+        ui: bool = False,
+        restart: bool = False,
     ) -> None:
         self.partitions, self.replicas = partitions, replicas
         self.grpc_base = free_port_base(50 + partitions * replicas)
@@ -78,6 +80,11 @@ class Stack:
             "--split", split, "--api-port", str(self.api_port), "--grpc-port-base", str(self.grpc_base),
             "--run-dir", str(run_dir), *extra_args,
         ]  # fmt: skip
+        # The web UI on a free port when asked; never on 5173, which a developer's own stack may hold.
+        self.ui_port = free_port_base(1) if ui else None
+        argv += ["--ui-port", str(self.ui_port)] if ui else ["--no-ui"]
+        # Off unless asked: the failover tests kill replicas and count on them staying down.
+        argv += ["--restart"] if restart else ["--no-restart"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         env.pop("REDIS_URL", None)
         self.log = open(self.log_path, "w")
@@ -102,6 +109,11 @@ class Stack:
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         wait_until_ready(self.url, self.process, timeout_s, lambda: self.log_path.read_text()[-3000:])
+        # The launcher polls readiness too: until it has said so, it counts a
+        # child that dies as a failed start, not as one to restart.
+        deadline = time.monotonic() + 10
+        while "splitgpt is ready" not in self.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     hf = HFBaseline(args.model, args.threads, args.new_tokens)
     try:
         with tempfile.TemporaryDirectory() as run_dir:
-            stack = Stack(args.model, Path(run_dir), partitions=args.partitions, split=args.split, extra_args=args.stack_args.split())
+            stack = Stack(
+                args.model, Path(run_dir), partitions=args.partitions, split=args.split, extra_args=args.stack_args.split()
+            )
             try:
                 stack.wait_ready()
                 measured = measure(hf, stack.url, args, levels)

@@ -26,7 +26,9 @@ def plot(results: dict, path: Path) -> None:
     ax1.grid(alpha=0.3)
     for key, style in (("ttft_ms", "o-"), ("itl_ms", "s-")):
         for p, dash in (("p50", ""), ("p99", ":")):
-            ax2.plot(levels, [c[key][p] for c in curve], style + dash if not dash else style[0] + dash, label=f"{key[:-3].upper()} {p}")
+            ax2.plot(
+                levels, [c[key][p] for c in curve], style + dash if not dash else style[0] + dash, label=f"{key[:-3].upper()} {p}"
+            )
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
     ax2.set_xlabel("concurrent requests")

@@ -27,7 +27,8 @@ BLOCK_PARAMS = (
     "mlp.c_proj.weight", "mlp.c_proj.bias",
 )  # fmt: skip
 OFFLINE_HINT = (
-    "Offline, point MODEL_ID at a local checkpoint directory, for example one made with "
+    "Offline, run `make up-tiny` in the splitgpt checkout (a small random GPT-2 with the real tokenizer), "
+    "or point MODEL_ID at a local checkpoint directory, for example one made with "
     "`splitgpt tiny-model models/tiny-gpt2` (then MODEL_ID=models/tiny-gpt2)."
 )
 
@@ -109,9 +110,7 @@ class CheckpointIndex:
         return out
 
 
-def partition_tensor_names(
-    config: GPT2Config, start: int, end: int, holds_head: bool, index: CheckpointIndex
-) -> list[str]:
+def partition_tensor_names(config: GPT2Config, start: int, end: int, holds_head: bool, index: CheckpointIndex) -> list[str]:
     """The tensors a partition serving blocks [start, end) must hold.
 
     The last partition holds ln_f and the head; with GPT-2's tied weights the
@@ -128,4 +127,3 @@ def partition_tensor_names(
 
 def _canonical(key: str) -> str:
     return key.removeprefix("transformer.")
-

@@ -6,7 +6,9 @@ as it finishes). A sequence without a cached input (new, or refused by a node
 that lost its cache) is prefilled: its whole history is embedded and run from
 position 0, which is also how a replay rebuilds the caches.
 
-The engine talks to nodes through `NodeClient`; the gRPC shell provides it.
+The engine talks to nodes through `NodeClient` (core.node_contract, which also
+names the errors a node raises); the gRPC shell provides it. Nothing here
+imports model code: the coordinator process never loads the checkpoint readers.
 """
 
 from __future__ import annotations
@@ -17,38 +19,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
-from .node_engine import SequenceStep, StepBatch, StepResult
-from .routing import NoHealthyReplica, Replica, Router
 from .generation_types import (  # noqa: F401  (re-exported: the engine's API)
     Event,
     FinishEvent,
     GenerationError,
     GenerationRequest,
     PartitionTiming,
+    SamplingSpec,
     TokenEvent,
 )
+from .node_contract import CacheMiss, NodeClient, NodeFailed, SequenceStep, StepBatch
+from .routing import NoHealthyReplica, Replica, Router
 
 log = logging.getLogger(__name__)
-
-
-class NodeClient(Protocol):
-    async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]: ...
-    async def step(self, batch: StepBatch) -> StepResult: ...
-    async def release(self, session_ids: list[str]) -> None: ...
-
-
-class CacheRefused(Exception):
-    """A node does not hold a session where the step expects it (FAILED_PRECONDITION)."""
-
-
-class NodeFailed(Exception):
-    """A node could not be reached, timed out, or failed the call."""
-
-
 
 
 @dataclass(eq=False)
@@ -158,9 +144,7 @@ class GenerationEngine:
         """
         self.validate(req)
         if self.running >= self.max_batch_size + self.max_queue:
-            raise GenerationError(
-                "overloaded", f"{self.running} requests are running or queued (the limit): retry in a moment"
-            )
+            raise GenerationError("overloaded", f"{self.running} requests are running or queued (the limit): retry in a moment")
         if req.request_id in self._sequences:
             raise GenerationError("invalid", f"request id {req.request_id!r} is already running")
         seq = _Sequence(req)
@@ -192,7 +176,9 @@ class GenerationEngine:
                 "generated_tokens": len(seq.generated),
                 "max_tokens": seq.req.max_tokens,
                 "age_s": now - seq.started,
-                "state": "queued" if seq.lane and seq in seq.lane.waiting else ("prefill" if seq.next_input is None else "decode"),
+                "state": "queued"
+                if seq.lane and seq in seq.lane.waiting
+                else ("prefill" if seq.next_input is None else "decode"),
                 "chain": [r.node_id for r in seq.chain] if seq.chain else [],
                 "replays": seq.replays,
             }
@@ -306,7 +292,9 @@ class GenerationEngine:
                 budget -= len(chunks[seq])
         for replica, group in _group(list(chunks), lambda s: s.chain[-1]).items():
             try:
-                hidden = await self._unless_down(replica, self.client_for(replica).embed([(chunks[s], s.position) for s in group]))
+                hidden = await self._unless_down(
+                    replica, self.client_for(replica).embed([(chunks[s], s.position) for s in group])
+                )
             except NodeFailed as exc:
                 self._node_failed(replica, group, exc)
                 continue
@@ -338,7 +326,7 @@ class GenerationEngine:
         replica.in_flight += len(group)
         try:
             result = await self._unless_down(replica, self.client_for(replica).step(batch))
-        except CacheRefused as exc:
+        except CacheMiss as exc:
             for seq in group:
                 self._replay(seq, f"{replica.node_id} refused the step: {exc}")
             return {}
@@ -452,7 +440,7 @@ class GenerationEngine:
     async def _release(self, replica: Replica, session_id: str) -> None:
         try:
             await self.client_for(replica).release([session_id])
-        except (NodeFailed, CacheRefused) as exc:  # its TTL frees it anyway
+        except (NodeFailed, CacheMiss) as exc:  # its TTL frees it anyway
             log.debug("release on %s failed: %s", replica.node_id, exc)
 
 

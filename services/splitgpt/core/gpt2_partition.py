@@ -146,9 +146,7 @@ class GPT2Partition:
             x = x + block.mlp_proj(block.c_fc_act(h))
         return x
 
-    def _attention(
-        self, local: int, block: Block, x: torch.Tensor, lengths: list[int], caches: list[SessionKV]
-    ) -> torch.Tensor:
+    def _attention(self, local: int, block: Block, x: torch.Tensor, lengths: list[int], caches: list[SessionKV]) -> torch.Tensor:
         """Causal self-attention, each sequence over its own cached history.
 
         The loop runs once per sequence, so it is written for few tensor ops

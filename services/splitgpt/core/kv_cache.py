@@ -15,17 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-
-class CacheMiss(Exception):
-    """The node does not hold the session at the position asked for."""
-
-    def __init__(self, misses: dict[str, str]) -> None:
-        self.misses = misses
-        super().__init__("; ".join(f"{sid}: {why}" for sid, why in misses.items()))
-
-
-class CacheBudgetExceeded(Exception):
-    pass
+from .node_contract import CacheBudgetExceeded, CacheMiss
 
 
 class SessionKV:

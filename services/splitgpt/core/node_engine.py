@@ -2,38 +2,21 @@
 
 The servicer turns protobuf into these calls; everything here is synchronous
 torch work that the shell runs on its own worker thread, never on the event loop.
+What a step carries and the errors it raises are `core.node_contract`'s.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .gpt2_partition import GPT2Partition
 from .kv_cache import KVCacheStore
-from .sampling import SamplingSpec, sample
-
-
-@dataclass(frozen=True)
-class SequenceStep:
-    session_id: str
-    position: int  # of the sequence's first new row; 0 starts its session afresh
-    length: int  # rows of the packed hidden states that are this sequence's
-    sampling: SamplingSpec = SamplingSpec()
-
-
-@dataclass(frozen=True)
-class StepBatch:
-    sequences: list[SequenceStep]
-    hidden: torch.Tensor  # [sum of lengths, d], packed in the order of `sequences`
-    concurrent_steps: int = 1  # micro-batches in flight in the pipeline, this one included
-
-    @property
-    def lengths(self) -> list[int]:
-        return [s.length for s in self.sequences]
+from .node_contract import SequenceStep, StepBatch, StepInputError, StepResult, WrongPartition
+from .sampling import sample
 
 
 @dataclass(frozen=True)
@@ -54,18 +37,6 @@ class ThreadBudget:
         if not self.divide_among_steps or concurrent_steps <= 1:
             return self.max_threads
         return max(1, self.max_threads // concurrent_steps)
-
-
-@dataclass(frozen=True)
-class StepResult:
-    hidden: torch.Tensor | None = None  # not last: output rows, packed as the input
-    token_ids: list[int] = field(default_factory=list)  # last: one per sequence ...
-    logprobs: list[float] = field(default_factory=list)
-    next_input: torch.Tensor | None = None  # ... and its embedding at the next position: [sequences, d]
-
-
-class StepInputError(ValueError):
-    pass
 
 
 class NodeEngine:
@@ -90,6 +61,8 @@ class NodeEngine:
         return self.partition.holds_head
 
     def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]:
+        if not self.is_last:
+            raise WrongPartition("this partition does not hold the embedding: the last one does")
         vocab, n_ctx = self.partition.config.vocab_size, self.partition.config.n_positions
         for token_ids, position in items:
             if not token_ids:
@@ -143,7 +116,9 @@ class NodeEngine:
         d, n_ctx = self.partition.hidden_size, self.partition.config.n_positions
         rows = sum(batch.lengths)
         if batch.hidden.dim() != 2 or batch.hidden.shape[1] != d or batch.hidden.shape[0] != rows:
-            raise StepInputError(f"hidden must be [{rows}, {d}] (the sum of the sequence lengths), got {list(batch.hidden.shape)}")
+            raise StepInputError(
+                f"hidden must be [{rows}, {d}] (the sum of the sequence lengths), got {list(batch.hidden.shape)}"
+            )
         seen = set()
         for s in batch.sequences:
             if s.session_id in seen:

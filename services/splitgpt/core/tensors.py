@@ -7,6 +7,8 @@ import warnings
 
 import torch
 
+from .node_contract import StepInputError
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -15,8 +17,8 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class TensorFormatError(ValueError):
-    pass
+class TensorFormatError(StepInputError):
+    """Bytes that are not the tensor their dtype and shape say: a malformed step."""
 
 
 def dtype_from_name(name: str) -> torch.dtype:

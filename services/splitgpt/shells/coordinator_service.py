@@ -1,38 +1,31 @@
-"""The coordinator: health-checks the nodes and drives generation through them."""
+"""The coordinator: health-checks the nodes and drives generation through them.
+
+Settings, the servicer (protobuf in, a core call, protobuf out: GenerationError
+becomes a status in `error_mapping`) and start-up. Which nodes exist and which
+are usable is `cluster_view`'s; generation is `core.engine`'s.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
-import time
 from pathlib import Path
 
-import grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..core.cluster_config import ClusterConfig
 from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
-from ..core.partitioning import PartitionError, resolve_split
-from ..core.routing import Replica, Router
 from ..logs import configure
-from ..rpc import coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from ..rpc import coordinator_pb2, coordinator_pb2_grpc
 from .cli_settings import settings_from_cli
+from .cluster_view import Cluster
 from .convert import sampling_from_proto
-from .grpc_runtime import GrpcServer, probe_health
-from .node_client import GrpcNodeClient
+from .grpc_runtime import GrpcServer
 
 log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
-STATUS_CODES = {
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "internal": grpc.StatusCode.INTERNAL,
-}
 
 
 class CoordinatorSettings(BaseSettings):
@@ -54,110 +47,6 @@ class CoordinatorSettings(BaseSettings):
     micro_batches: int = 0
     prefill_chunk_tokens: int = 256
     log_level: str = "INFO"
-
-
-class Cluster:
-    """The configured replicas, kept current by grpc.health.v1 probes.
-
-    A node address whose host name resolves to several addresses (compose
-    `--scale`, a Kubernetes headless Service) stands for that many replicas;
-    the names are resolved again every `dns_refresh_s` and new ones join.
-    """
-
-    def __init__(self, config: ClusterConfig, settings: CoordinatorSettings) -> None:
-        self.config = config
-        self.settings = settings
-        self.router = Router(config.num_partitions, strategy=settings.routing)
-        self.clients: dict[str, GrpcNodeClient] = {}
-        self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
-        self.changed = asyncio.Event()
-        self._next_dns = 0.0
-
-    def client_for(self, replica: Replica) -> GrpcNodeClient:
-        return self.clients[replica.node_id]
-
-    async def refresh_replicas(self) -> None:
-        known = {r.node_id for r in self.router.replicas}
-        for entry in self.config.nodes:
-            for node_id, address in await expand_address(entry.id, entry.address):
-                if node_id not in known:
-                    self.router.replicas.append(Replica(node_id, address, entry.partition))
-                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s)
-                    log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
-
-    async def probe_all(self) -> None:
-        if time.monotonic() >= self._next_dns:
-            await self.refresh_replicas()
-            self._next_dns = time.monotonic() + self.settings.dns_refresh_s
-        due = [r for r in self.router.replicas if self.router.due_for_probe(r)]
-        await asyncio.gather(*(self._probe(r) for r in due))
-        self.changed.set()
-
-    async def _probe(self, replica: Replica) -> None:
-        client = self.clients[replica.node_id]
-        status = await probe_health(client.channel, timeout_s=self.settings.probe_timeout_s)
-        if status != "SERVING":
-            replica.layers = None  # re-check what it serves when it comes back
-        elif replica.layers is None:
-            status = await self._check_identity(replica, client)
-        if status != replica.status:
-            log.info("%s (%s, partition %d): %s -> %s", replica.node_id, replica.address, replica.partition, replica.status, status)
-        self.router.record_probe(replica, status)
-
-    async def _check_identity(self, replica: Replica, client: GrpcNodeClient) -> str:
-        """A node must serve the blocks this config gives its partition."""
-        try:
-            info = await client.info(self.settings.probe_timeout_s)
-        except Exception as exc:
-            log.warning("%s: Info failed: %s", replica.node_id, exc)
-            return "UNREACHABLE"
-        try:
-            expected = resolve_split(
-                self.config.split, info.n_layer, self.config.num_partitions, info.vocab_size, info.hidden_size
-            )[replica.partition]
-        except PartitionError as exc:
-            log.error("cluster config split: %s", exc)
-            return "MISCONFIGURED"
-        if (info.start_block, info.end_block) != expected or info.num_partitions != self.config.num_partitions:
-            log.error(
-                "%s serves blocks [%d, %d) of %d partitions; the config expects [%d, %d) of %d",
-                replica.node_id, info.start_block, info.end_block, info.num_partitions,
-                *expected, self.config.num_partitions,
-            )  # fmt: skip
-            return "MISCONFIGURED"
-        replica.layers = (info.start_block, info.end_block)
-        if info.holds_head:
-            self.model = info
-        return "SERVING"
-
-    def ready(self) -> bool:
-        return self.model is not None and self.router.ready()
-
-    async def watch(self) -> None:
-        while True:
-            await self.probe_all()
-            await asyncio.sleep(self.settings.health_interval_s)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.clients.values()))
-
-
-async def expand_address(node_id: str, address: str) -> list[tuple[str, str]]:
-    """`host:port` -> one (id, address) per address the host resolves to."""
-    host, _, port = address.rpartition(":")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return [(node_id, address)]  # a literal address is one replica
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except OSError:
-        return [(node_id, address)]  # unresolvable now: probed (and reported) as it is
-    addresses = sorted({info[4][0] for info in infos})
-    if len(addresses) <= 1:
-        return [(node_id, address)]
-    return [(f"{node_id}@{ip}", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in addresses]
 
 
 def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTiming]:
@@ -190,7 +79,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Generate(self, request, context):
         engine = self._engine()
         if engine is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is still starting: no partition node is SERVING yet")
+            raise GenerationError("unavailable", "the cluster is still starting: no partition node is SERVING yet")
         req = GenerationRequest(
             request_id=request.request_id,
             prompt_ids=list(request.prompt_ids),
@@ -199,35 +88,34 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             sampling=sampling_from_proto(request.sampling),
             ignore_eos=request.ignore_eos,
         )
-        try:
-            async with contextlib.aclosing(engine.generate(req)) as events:
-                async for event in events:
-                    if isinstance(event, FinishEvent):
-                        yield coordinator_pb2.GenerateEvent(
-                            finish=coordinator_pb2.FinishEvent(
-                                finish_reason=event.finish_reason,
-                                prompt_tokens=event.prompt_tokens,
-                                completion_tokens=event.completion_tokens,
-                                inference_ms=event.inference_ms,
-                                partitions=_timings(event.partitions),
-                            )
+        # aclosing: a client that goes away closes the engine's stream, which
+        # cancels the sequence and frees its caches on every node.
+        async with contextlib.aclosing(engine.generate(req)) as events:
+            async for event in events:
+                if isinstance(event, FinishEvent):
+                    yield coordinator_pb2.GenerateEvent(
+                        finish=coordinator_pb2.FinishEvent(
+                            finish_reason=event.finish_reason,
+                            prompt_tokens=event.prompt_tokens,
+                            completion_tokens=event.completion_tokens,
+                            inference_ms=event.inference_ms,
+                            partitions=_timings(event.partitions),
                         )
-                    else:
-                        yield coordinator_pb2.GenerateEvent(
-                            token=coordinator_pb2.TokenEvent(
-                                token_id=event.token_id,
-                                logprob=event.logprob,
-                                index=event.index,
-                                partitions=_timings(event.partitions),
-                            )
+                    )
+                else:
+                    yield coordinator_pb2.GenerateEvent(
+                        token=coordinator_pb2.TokenEvent(
+                            token_id=event.token_id,
+                            logprob=event.logprob,
+                            index=event.index,
+                            partitions=_timings(event.partitions),
                         )
-        except GenerationError as exc:
-            await context.abort(STATUS_CODES[exc.kind], str(exc))
+                    )
 
     async def GetModelInfo(self, request, context):
         m = self.cluster.model
         if m is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is not known yet: no last-partition node is SERVING")
+            raise GenerationError("unavailable", "the model is not known yet: no last-partition node is SERVING")
         return coordinator_pb2.ModelInfo(
             model_id=m.model_id,
             n_ctx=m.n_ctx,
@@ -266,7 +154,9 @@ async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task
     server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
     server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, CoordinatorServicer(cluster, settings))
     await server.start()
-    log.info("coordinator on %s:%d, %d nodes in %d partitions", settings.host, server.port, len(config.nodes), config.num_partitions)
+    log.info(
+        "coordinator on %s:%d, %d nodes in %d partitions", settings.host, server.port, len(config.nodes), config.num_partitions
+    )
 
     async def follow_health() -> None:
         watcher = asyncio.create_task(cluster.watch())
@@ -287,7 +177,9 @@ async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = settings_from_cli(CoordinatorSettings, argv, "splitgpt coordinator", "Drive generation across the partition nodes.")
+    settings = settings_from_cli(
+        CoordinatorSettings, argv, "splitgpt coordinator", "Drive generation across the partition nodes."
+    )
     configure(settings.log_level)
 
     async def run() -> None:

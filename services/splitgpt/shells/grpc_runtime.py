@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
+
+from .error_mapping import ErrorMappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +23,33 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# A client retries a refused connection after a backoff that gRPC grows 1.6x
+# per attempt up to 120 s: a node that took 25 s to start (a loaded host) was
+# then seen SERVING only ~10 s later, and every probe in between failed fast.
+# Capped at a second, a replica that comes up (or back) is noticed within one.
+CLIENT_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.max_reconnect_backoff_ms", 1000)]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class GrpcServer:
-    """A grpc.aio server with grpc.health.v1, NOT_SERVING until `set_serving`."""
+    """A grpc.aio server with grpc.health.v1, NOT_SERVING until `set_serving`,
+    and core exceptions mapped to status codes (shells.error_mapping)."""
 
     def __init__(self, service_name: str, host: str, port: int) -> None:
         self.service_name = service_name
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        # No SO_REUSEPORT: a second server on a taken port must fail to bind,
+        # not silently share the port with a stale node of an earlier stack.
+        options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(options=options, interceptors=[ErrorMappingInterceptor()])
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpc's "Failed to bind": say which port, as a socket would
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind gRPC port {host}:{port}")
+            raise OSError(f"could not bind gRPC port {host}:{port}: it is in use or the address is not this host's")
 
     def add(self, add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object) -> None:
         add_to_server(servicer, self.server)
@@ -49,28 +64,56 @@ class GrpcServer:
         for name in ("", self.service_name):
             await self.health.set(name, SERVING if serving else NOT_SERVING)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float | None = 5.0) -> None:
+        """Refuse new calls, let those in flight finish within `grace_s` (None: end them now)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 
     async def run_until_signal(self, grace_s: float = 5.0, drain_s: float = 0.0) -> None:
-        """Serve until SIGTERM/SIGINT; then report NOT_SERVING, keep serving for
-        `drain_s` so clients probing health move their work elsewhere, and stop,
-        letting calls in flight finish within `grace_s`."""
-        stop = asyncio.Event()
+        """Serve until SIGTERM or SIGINT, then report NOT_SERVING and stop,
+        letting calls in flight finish within `grace_s`.
+
+        SIGTERM (an orchestrator, or a replica taken out on purpose) first keeps
+        serving for `drain_s`, so that clients probing health move their work
+        elsewhere. SIGINT skips that wait: a person at a terminal, or `splitgpt
+        up` stopping the backends once their clients are gone. A second signal
+        ends the calls still in flight at once.
+        """
         loop = asyncio.get_running_loop()
+        first: asyncio.Future[int] = loop.create_future()
+        again = asyncio.Event()
+
+        def on_signal(sig: int) -> None:
+            if first.done():
+                again.set()
+            else:
+                first.set_result(sig)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("%s: draining (NOT_SERVING for %.1fs, then %.1fs grace)", self.service_name, drain_s, grace_s)
+            loop.add_signal_handler(sig, on_signal, sig)
+        sig = await first
+        drain_s = drain_s if sig == signal.SIGTERM else 0.0
+        log.info("%s: %s: draining (NOT_SERVING for %.1fs, then %.1fs grace)", self.service_name, signal.Signals(sig).name, drain_s, grace_s)  # fmt: skip
         await self.set_serving(False)
+        stopping = asyncio.ensure_future(self._drain_then_stop(drain_s, grace_s))
+        forced = asyncio.ensure_future(again.wait())
+        await asyncio.wait([stopping, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not stopping.done():
+            log.info("%s: second signal: ending the calls in flight now", self.service_name)
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
+            await self.stop(None)  # grpc allows a second stop; the shorter grace wins
+
+    async def _drain_then_stop(self, drain_s: float, grace_s: float) -> None:
         if drain_s > 0:
             await asyncio.sleep(drain_s)
         await self.stop(grace_s)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
 
 
 async def probe_health(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 1.0) -> str:

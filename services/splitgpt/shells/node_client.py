@@ -1,14 +1,18 @@
-"""`core.engine.NodeClient` over gRPC: one channel per node, a deadline on every call."""
+"""`core.node_contract.NodeClient` over gRPC: one channel per node, a deadline on every call.
+
+A failed call raises the contract's exceptions (CacheMiss, StepInputError,
+NodeFailed), mapped from its status in one place: `error_mapping.error_from_status`.
+"""
 
 from __future__ import annotations
 
 import grpc
 import torch
 
-from ..core.engine import CacheRefused, NodeFailed
-from ..core.node_engine import StepBatch, StepResult
+from ..core.node_contract import StepBatch, StepResult
 from ..rpc import node_pb2, node_pb2_grpc
 from .convert import fill_tensor, sampling_to_proto, tensor_from_proto
+from .error_mapping import error_from_status
 from .grpc_runtime import insecure_channel
 
 
@@ -53,9 +57,7 @@ class GrpcNodeClient:
         try:
             return await method(request, timeout=timeout_s or self.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise CacheRefused(exc.details()) from exc
-            raise NodeFailed(f"{self.address}: {exc.code().name}: {exc.details()}") from exc
+            raise error_from_status(exc.code(), exc.details(), self.address) from exc
 
     async def close(self) -> None:
         await self.channel.close()

@@ -1,4 +1,9 @@
-"""The partition node: a grpc.aio shell over `core.node_engine.NodeEngine`."""
+"""The partition node: a grpc.aio shell over `core.node_engine.NodeEngine`.
+
+Each method is protobuf in, a core call, protobuf out; the core's exceptions
+(cache miss, malformed step, budget, still loading) become status codes in
+`error_mapping`, once for every method.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,8 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..core import tensors
 from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from ..core.gpt2_partition import GPT2Partition
-from ..core.kv_cache import CacheBudgetExceeded, CacheMiss
-from ..core.node_engine import NodeEngine, SequenceStep, StepBatch, StepInputError, ThreadBudget, resident_bytes
+from ..core.node_contract import NodeNotReady, SequenceStep, StepBatch
+from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes
 from ..core.partitioning import PartitionError, resolve_split
 from ..logs import configure
 from ..rpc import node_pb2, node_pb2_grpc
@@ -63,9 +67,7 @@ class NodeSettings(BaseSettings):
 def load_engine(settings: NodeSettings) -> NodeEngine:
     model_dir = resolve_model_dir(settings.model_id)
     config = load_config(model_dir)
-    ranges = resolve_split(
-        settings.split, config.n_layer, settings.num_partitions, config.vocab_size, config.n_embd
-    )
+    ranges = resolve_split(settings.split, config.n_layer, settings.num_partitions, config.vocab_size, config.n_embd)
     if not 0 <= settings.partition < len(ranges):
         raise PartitionError(f"partition {settings.partition} outside 0..{len(ranges) - 1}")
     start, end = ranges[settings.partition]
@@ -94,7 +96,8 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
 
     @property
     def engine(self) -> NodeEngine:
-        assert self._engine is not None
+        if self._engine is None:  # bound before loading, so that health can say NOT_SERVING
+            raise NodeNotReady(f"{self.settings.node_id} is still loading its weights")
         return self._engine
 
     def attach(self, engine: NodeEngine) -> None:
@@ -103,12 +106,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def _require_loaded(self, context) -> None:
-        if self._engine is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.settings.node_id} is still loading its weights")
-
     async def Info(self, request, context):
-        await self._require_loaded(context)
         p = self.engine.partition
         return node_pb2.NodeInfo(
             node_id=self.settings.node_id,
@@ -134,32 +132,19 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         )
 
     async def Embed(self, request, context):
-        await self._require_loaded(context)
-        if not self.engine.is_last:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this partition does not hold the embedding")
         items = [(list(i.token_ids), i.position) for i in request.items]
-        try:
-            hidden = await self._run(self.engine.embed, items)
-        except StepInputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        hidden = await self._run(self.engine.embed, items)
         return node_pb2.EmbedResponse(hidden=[tensor_to_proto(h) for h in hidden])
 
     async def Step(self, request, context):
-        await self._require_loaded(context)
         started = time.perf_counter()
-        try:
-            batch = StepBatch(
-                [SequenceStep(s.session_id, s.position, s.length, sampling_from_proto(s.sampling)) for s in request.sequences],
-                tensor_from_proto(request.hidden),
-                concurrent_steps=max(1, request.concurrent_steps),
-            )
-            result = await self._run(self.engine.step, batch)
-        except CacheMiss as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cache miss: {exc}")
-        except (StepInputError, tensors.TensorFormatError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except CacheBudgetExceeded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        engine = self.engine
+        batch = StepBatch(
+            [SequenceStep(s.session_id, s.position, s.length, sampling_from_proto(s.sampling)) for s in request.sequences],
+            tensor_from_proto(request.hidden),
+            concurrent_steps=max(1, request.concurrent_steps),
+        )
+        result = await self._run(engine.step, batch)
         reply = node_pb2.StepResponse(
             results=[
                 node_pb2.SequenceResult(session_id=s.session_id, token_id=t, logprob=lp)
@@ -174,7 +159,6 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         return reply
 
     async def Release(self, request, context):
-        await self._require_loaded(context)
         released = await self._run(self.engine.release, list(request.session_ids))
         return node_pb2.ReleaseResponse(released=released)
 

@@ -1,4 +1,8 @@
-"""splitgpt.v1.Tokenizer over gRPC: protobuf in, a core call, protobuf out."""
+"""splitgpt.v1.Tokenizer over gRPC: protobuf in, a core call, protobuf out.
+
+Ids outside the vocabulary raise the core's TokenIdError, which
+`error_mapping` answers with INVALID_ARGUMENT for every method, streams included.
+"""
 
 from __future__ import annotations
 
@@ -43,17 +47,10 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         return tokenizer_pb2.EncodeBatchResponse(items=[tokenizer_pb2.TokenIds(ids=ids) for ids in batch])
 
     async def Decode(self, request, context):
-        try:
-            text = self.tokenizer.decode(request.ids, request.skip_special_tokens)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return tokenizer_pb2.DecodeResponse(text=text)
+        return tokenizer_pb2.DecodeResponse(text=self.tokenizer.decode(request.ids, request.skip_special_tokens))
 
     async def DecodeBatch(self, request, context):
-        try:
-            texts = self.tokenizer.decode_batch([item.ids for item in request.items], request.skip_special_tokens)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        texts = self.tokenizer.decode_batch([item.ids for item in request.items], request.skip_special_tokens)
         return tokenizer_pb2.DecodeBatchResponse(texts=texts)
 
     async def DecodeStream(self, request_iterator, context):
@@ -61,11 +58,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         # for each token it sends; one more with the held-back rest at the end.
         decoder = IncrementalDecoder(self.tokenizer)
         async for request in request_iterator:
-            try:
-                text = decoder.push(request.ids)
-            except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            yield tokenizer_pb2.DecodeResponse(text=text)
+            yield tokenizer_pb2.DecodeResponse(text=decoder.push(request.ids))
         yield tokenizer_pb2.DecodeResponse(text=decoder.flush())
 
     async def GetTokenBytes(self, request, context):

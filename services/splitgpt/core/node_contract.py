@@ -1,0 +1,94 @@
+"""What travels between the coordinator and a partition node, and how it fails.
+
+Both sides build on this file and nothing else of the other's: the node engine
+(`core.node_engine`) takes a `StepBatch` and returns a `StepResult`, raising
+the errors below; the coordinator's engine (`core.engine`) sends batches
+through a `NodeClient` and handles the same errors, whether the client calls a
+node engine in-process or over gRPC (`shells.node_client`, which maps status
+codes back to these types). No torch at import and no model code: the
+coordinator process loads neither transformers nor the checkpoint readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from .generation_types import SamplingSpec
+
+if TYPE_CHECKING:  # annotations only: the contract itself needs no tensor library
+    import torch
+
+
+@dataclass(frozen=True)
+class SequenceStep:
+    session_id: str
+    position: int  # of the sequence's first new row; 0 starts its session afresh
+    length: int  # rows of the packed hidden states that are this sequence's
+    sampling: SamplingSpec = SamplingSpec()
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    sequences: list[SequenceStep]
+    hidden: torch.Tensor  # [sum of lengths, d], packed in the order of `sequences`
+    concurrent_steps: int = 1  # micro-batches in flight in the pipeline, this one included
+
+    @property
+    def lengths(self) -> list[int]:
+        return [s.length for s in self.sequences]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    hidden: torch.Tensor | None = None  # not last: output rows, packed as the input
+    token_ids: list[int] = field(default_factory=list)  # last: one per sequence ...
+    logprobs: list[float] = field(default_factory=list)
+    next_input: torch.Tensor | None = None  # ... and its embedding at the next position: [sequences, d]
+
+
+class NodeClient(Protocol):
+    """A partition node as the coordinator's engine sees it."""
+
+    async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]: ...
+    async def step(self, batch: StepBatch) -> StepResult: ...
+    async def release(self, session_ids: list[str]) -> None: ...
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class CacheMiss(Exception):
+    """A step for a session the node does not hold at that position.
+
+    Raised by the node's KV store; seen by the coordinator (after the wire, as
+    FAILED_PRECONDITION) as the signal to replay the sequences of that step
+    from position 0. Eviction, node restarts and failover all become this one path.
+    `misses` maps session id -> why; a client that only has the remote message
+    passes it as `detail` and leaves `misses` empty.
+    """
+
+    def __init__(self, misses: Mapping[str, str], detail: str | None = None) -> None:
+        self.misses = dict(misses)
+        super().__init__(detail or "cache miss: " + "; ".join(f"{sid}: {why}" for sid, why in self.misses.items()))
+
+
+class CacheBudgetExceeded(Exception):
+    """One step needs more KV positions than the node's whole budget."""
+
+
+class StepInputError(ValueError):
+    """A malformed embed or step: shapes, lengths, positions, token ids, tensor bytes."""
+
+
+class WrongPartition(Exception):
+    """The call needs something this partition does not hold (only the last one embeds)."""
+
+
+class NodeNotReady(Exception):
+    """The node is up but has not loaded its weights yet."""
+
+
+class NodeFailed(Exception):
+    """A node could not be reached, timed out, or failed the call: fail over."""

@@ -1,0 +1,134 @@
+"""The coordinator's view of its nodes: which replicas exist, which are usable.
+
+The configured nodes, expanded through DNS (a name that resolves to several
+addresses is that many replicas), probed with grpc.health.v1 at an interval,
+and identity-checked (a node must serve the blocks the config gives its
+partition) before the router may send it work. The servicer only reads this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from ..core.cluster_config import ClusterConfig
+from ..core.partitioning import PartitionError, resolve_split
+from ..core.routing import Replica, Router
+from ..rpc import node_pb2
+from .grpc_runtime import probe_health
+from .node_client import GrpcNodeClient
+
+if TYPE_CHECKING:  # the settings' module imports this one
+    from .coordinator_service import CoordinatorSettings
+
+log = logging.getLogger("splitgpt.coordinator")
+
+
+class Cluster:
+    """The configured replicas, kept current by grpc.health.v1 probes.
+
+    A node address whose host name resolves to several addresses (compose
+    `--scale`, a Kubernetes headless Service) stands for that many replicas;
+    the names are resolved again every `dns_refresh_s` and new ones join.
+    """
+
+    def __init__(self, config: ClusterConfig, settings: CoordinatorSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.router = Router(config.num_partitions, strategy=settings.routing)
+        self.clients: dict[str, GrpcNodeClient] = {}
+        self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
+        self.changed = asyncio.Event()
+        self._next_dns = 0.0
+
+    def client_for(self, replica: Replica) -> GrpcNodeClient:
+        return self.clients[replica.node_id]
+
+    async def refresh_replicas(self) -> None:
+        known = {r.node_id for r in self.router.replicas}
+        for entry in self.config.nodes:
+            for node_id, address in await expand_address(entry.id, entry.address):
+                if node_id not in known:
+                    self.router.replicas.append(Replica(node_id, address, entry.partition))
+                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s)
+                    log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
+
+    async def probe_all(self) -> None:
+        if time.monotonic() >= self._next_dns:
+            await self.refresh_replicas()
+            self._next_dns = time.monotonic() + self.settings.dns_refresh_s
+        due = [r for r in self.router.replicas if self.router.due_for_probe(r)]
+        await asyncio.gather(*(self._probe(r) for r in due))
+        self.changed.set()
+
+    async def _probe(self, replica: Replica) -> None:
+        client = self.clients[replica.node_id]
+        status = await probe_health(client.channel, timeout_s=self.settings.probe_timeout_s)
+        if status != "SERVING":
+            replica.layers = None  # re-check what it serves when it comes back
+        elif replica.layers is None:
+            status = await self._check_identity(replica, client)
+        if status != replica.status:
+            log.info(
+                "%s (%s, partition %d): %s -> %s", replica.node_id, replica.address, replica.partition, replica.status, status
+            )
+        self.router.record_probe(replica, status)
+
+    async def _check_identity(self, replica: Replica, client: GrpcNodeClient) -> str:
+        """A node must serve the blocks this config gives its partition."""
+        try:
+            info = await client.info(self.settings.probe_timeout_s)
+        except Exception as exc:
+            log.warning("%s: Info failed: %s", replica.node_id, exc)
+            return "UNREACHABLE"
+        try:
+            expected = resolve_split(
+                self.config.split, info.n_layer, self.config.num_partitions, info.vocab_size, info.hidden_size
+            )[replica.partition]
+        except PartitionError as exc:
+            log.error("cluster config split: %s", exc)
+            return "MISCONFIGURED"
+        if (info.start_block, info.end_block) != expected or info.num_partitions != self.config.num_partitions:
+            log.error(
+                "%s serves blocks [%d, %d) of %d partitions; the config expects [%d, %d) of %d",
+                replica.node_id, info.start_block, info.end_block, info.num_partitions,
+                *expected, self.config.num_partitions,
+            )  # fmt: skip
+            return "MISCONFIGURED"
+        replica.layers = (info.start_block, info.end_block)
+        if info.holds_head:
+            self.model = info
+        return "SERVING"
+
+    def ready(self) -> bool:
+        return self.model is not None and self.router.ready()
+
+    async def watch(self) -> None:
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(self.settings.health_interval_s)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients.values()))
+
+
+async def expand_address(node_id: str, address: str) -> list[tuple[str, str]]:
+    """`host:port` -> one (id, address) per address the host resolves to."""
+    host, _, port = address.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return [(node_id, address)]  # a literal address is one replica
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return [(node_id, address)]  # unresolvable now: probed (and reported) as it is
+    addresses = sorted({info[4][0] for info in infos})
+    if len(addresses) <= 1:
+        return [(node_id, address)]
+    return [(f"{node_id}@{ip}", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in addresses]
