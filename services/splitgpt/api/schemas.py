@@ -6,6 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .json_values import JsonObject, UnicodeText
 
+# The widest integer the wire takes for counts (uint32 in protos/): larger
+# values are a 422 here, not an overflow when the request is encoded.
+UINT32_MAX = 2**32 - 1
+
 
 class ProcessRequest(BaseModel):
     # strict: "3", true and 2.0 are not integers, "yes" is not a boolean (a
@@ -15,10 +19,10 @@ class ProcessRequest(BaseModel):
 
     text: UnicodeText = Field(min_length=1, description="The prompt.")
     metadata: JsonObject | None = Field(None, description="A JSON object echoed back untouched (nested at most 32 deep).")
-    max_tokens: int = Field(64, ge=1, description="Tokens to generate at most (also bounded by the context).")
-    min_tokens: int = Field(0, ge=0, description="EOS is not accepted before this many tokens.")
+    max_tokens: int = Field(64, ge=1, le=UINT32_MAX, description="Tokens to generate at most (also bounded by the context).")
+    min_tokens: int = Field(0, ge=0, le=UINT32_MAX, description="EOS is not accepted before this many tokens.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 is greedy.")
-    top_k: int = Field(0, ge=0, description="0 turns top-k off.")
+    top_k: int = Field(0, ge=0, le=UINT32_MAX, description="0 turns top-k off.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1 turns nucleus sampling off.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Makes sampling repeatable.")
     stop: list[UnicodeText] | UnicodeText | None = Field(
