@@ -53,7 +53,7 @@ class RedisServer:
 class ApiProcess:
     """`splitgpt api` against an existing tokenizer and coordinator."""
 
-    def __init__(self, tokenizer: str, coordinator: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tokenizer: str, coordinator: str, env: dict[str, str] | None = None, log_path=None) -> None:
         self.port = free_port_base(1)
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {
@@ -62,14 +62,18 @@ class ApiProcess:
             "SPLITGPT_API_COORDINATOR_ADDRESS": coordinator,
             **(env or {}),
         }
+        # log_path: the gateway's whole output (stdout and stderr), for tests that read its log.
+        self._log = open(log_path, "wb") if log_path else None  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "splitgpt.cli", "api", "--port", str(self.port)],
             env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
         )
-        wait_until_ready(self.url, self.process, 60)
+        wait_until_ready(self.url, self.process, 60, logs=lambda: log_path.read_text()[-3000:] if log_path else "")
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=20)
+        if self._log:
+            self._log.close()

@@ -1,8 +1,11 @@
 import { fetchCluster, fetchTasks } from "./api/client";
+import { ApiError } from "./api/errors";
+import { ApiKeyPrompt, ForgetKeyButton } from "./components/ApiKeyPrompt";
 import { ClusterPanel } from "./components/ClusterPanel";
 import { MetricsPanel } from "./components/MetricsPanel";
 import { Playground } from "./components/Playground";
 import { TasksPanel } from "./components/TasksPanel";
+import { useApiKey } from "./hooks/useApiKey";
 import { useGeneration } from "./hooks/useGeneration";
 import { usePolling } from "./hooks/usePolling";
 
@@ -16,9 +19,12 @@ function grafanaUrl(): string {
 
 export function App() {
   const { state: generation, start, stop } = useGeneration();
-  const cluster = usePolling(fetchCluster, POLL_MS);
-  const tasks = usePolling(fetchTasks, POLL_MS, `${generation.requestId}:${generation.phase}`);
+  const auth = useApiKey();
+  // A new key (or none) polls at once with it, rather than a second later.
+  const cluster = usePolling(fetchCluster, POLL_MS, auth.key);
+  const tasks = usePolling(fetchTasks, POLL_MS, `${generation.requestId}:${generation.phase}:${auth.key}`);
   const apiUp = cluster.error == null && cluster.data != null;
+  const keyNeeded = auth.needed || (cluster.error instanceof ApiError && cluster.error.status === 401);
   // The replicas the page's own request runs on now, as the cluster reports them.
   const ownTask = generation.phase === "running" ? tasks.data?.find((t) => t.request_id === generation.requestId) : undefined;
   const ownChain = (ownTask?.chain ?? []).flatMap((id) => cluster.data?.nodes.filter((n) => n.id === id) ?? []);
@@ -42,8 +48,9 @@ export function App() {
         <nav aria-label="Links">
           <span className={`api-status ${apiUp ? "ok" : cluster.updatedAt || cluster.error ? "bad" : ""}`} role="status">
             <span className={`dot ${apiUp ? "dot-up" : "dot-down"}`} aria-hidden="true" />
-            {apiUp ? "API connected" : cluster.error ? "API unreachable" : "connecting…"}
+            {apiUp ? "API connected" : keyNeeded ? "API key needed" : cluster.error ? "API unreachable" : "connecting…"}
           </span>
+          <ForgetKeyButton auth={auth} />
           <a href="/docs" target="_blank" rel="noreferrer">
             API docs
           </a>
@@ -52,6 +59,7 @@ export function App() {
           </a>
         </nav>
       </header>
+      <ApiKeyPrompt auth={auth} />
       <main className="layout">
         {/* Wide: what you send and what runs on the left, where and how long on the right.
             Narrow: one column, in the order of a request (see styles.css). */}

@@ -47,15 +47,33 @@ def tiny_model(argv: list[str]) -> None:
 def probe(argv: list[str]) -> None:
     import asyncio
 
-    from .shells.grpc_runtime import insecure_channel, probe_health
+    from .shells.grpc_runtime import client_channel, probe_health
+    from .shells.internal_auth import InternalSecurity, InternalSecurityError
+    from .shells.security_settings import InternalSecuritySettings
 
     p = argparse.ArgumentParser(prog="splitgpt probe", description="Exit 0 when the gRPC service is SERVING.")
     p.add_argument("address", help="host:port")
     p.add_argument("--timeout", type=float, default=2.0)
+    # Health needs no token; TLS it does. Default: the same env as the services (SPLITGPT_TLS_*).
+    p.add_argument("--tls-ca", type=Path, help="use TLS, verifying the server with this CA (env SPLITGPT_TLS_CA)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS (env SPLITGPT_TLS_CLIENT_CERT)")
+    p.add_argument("--tls-key", type=Path, help="its private key (env SPLITGPT_TLS_CLIENT_KEY)")
+    p.add_argument("--tls-server-name", help="name to check the server's certificate against (env SPLITGPT_TLS_SERVER_NAME)")
     args = p.parse_args(argv)
+    given = {"tls_ca": args.tls_ca, "tls_client_cert": args.tls_cert, "tls_client_key": args.tls_key,
+             "tls_server_name": args.tls_server_name}  # fmt: skip
+    settings = InternalSecuritySettings(**{k: v for k, v in given.items() if v is not None})
+    # A client only: this process serves nothing, and health needs no token.
+    client = settings.model_copy(update={"tls_cert": None, "tls_key": None, "tls_client_ca": None,
+                                         "internal_token": None, "internal_token_file": None})  # fmt: skip
+    try:
+        security = InternalSecurity.from_settings(client)
+    except InternalSecurityError as exc:
+        print(f"splitgpt probe: {exc}", file=sys.stderr)
+        sys.exit(2)
 
     async def check() -> str:
-        async with insecure_channel(args.address) as channel:
+        async with client_channel(args.address, security) as channel:
             return await probe_health(channel, timeout_s=args.timeout)
 
     status = asyncio.run(check())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -74,11 +75,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start a child that dies again, after a backoff (1s, doubling)",
     )
     p.add_argument("--max-restarts", type=int, default=5, help="restarts in a row before giving up on a child")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every gRPC hop, with a throwaway CA and certificates written to RUN_DIR/tls",
+    )
     return p.parse_args(argv)
 
 
-def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], ClusterConfig, Path]:
+def inside_env(args: argparse.Namespace) -> dict[str, str]:
+    """What every gRPC service and the API get by environment (never on a command
+    line, never printed): the internal token, random for this run unless the
+    environment sets one, and with --tls the certificates' paths."""
+    env = {}
+    if not os.environ.get("SPLITGPT_INTERNAL_TOKEN") and not os.environ.get("SPLITGPT_INTERNAL_TOKEN_FILE"):
+        env["SPLITGPT_INTERNAL_TOKEN"] = secrets.token_urlsafe(32)
+    if args.tls:
+        from .shells.tls import write_dev_pki
+
+        env.update(write_dev_pki((args.run_dir / "tls").resolve(), [args.host]).env())
+    return env
+
+
+def plan(
+    args: argparse.Namespace, model_dir: Path, inside: dict[str, str] | None = None
+) -> tuple[list[Child], ClusterConfig, Path]:
     """The children to start and the cluster config they share (written by the caller).
+    `inside`: the token and certificates (`inside_env`) the gRPC services and the API get.
 
     A child names the port it listens on and the option that moves it (both
     checked before anything starts), and its tier: when it stops, see FRONT.
@@ -101,7 +124,8 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
     micro_batches = args.micro_batches or max(1, min(args.partitions, cores))
     threads = args.torch_threads or cores
     divide = [] if args.torch_threads else ["--divide-threads", "true"]
-    env = {**os.environ, "MODEL_ID": str(model_dir), "PYTHONUNBUFFERED": "1"}
+    ui_env = {**os.environ, "MODEL_ID": str(model_dir), "PYTHONUNBUFFERED": "1"}
+    env = {**ui_env, **(inside or {})}  # the web UI speaks HTTP to the API only: it gets neither
     # After a parallel region OpenMP's threads spin, by default for ~300k
     # iterations, waiting for the next one. On a shared host that spin eats the
     # core the next node in the pipeline is computing on (single-stream steps
@@ -155,7 +179,7 @@ def plan(args: argparse.Namespace, model_dir: Path) -> tuple[list[Child], Cluste
         ui_argv = ["ui", "--host", args.host, "--port", str(args.ui_port), "--api-url", api_url, "--build", "true"]
         # Stopped with the API: it relays the API's last events to the page, then exits.
         children.append(
-            Child("ui", me + ui_argv, env, tier=FRONT, port=args.ui_port, port_flag="--ui-port",
+            Child("ui", me + ui_argv, ui_env, tier=FRONT, port=args.ui_port, port_flag="--ui-port",
                   stop_timeout_s=args.shutdown_grace + 5, essential=False)
         )  # fmt: skip
     return children, config, config_path
@@ -216,7 +240,7 @@ async def run(args: argparse.Namespace) -> int:
     except (ModelSourceError, PartitionError) as exc:
         say(str(exc))
         return 2
-    children, cluster, config_path = plan(args, model_dir)
+    children, cluster, config_path = plan(args, model_dir, inside_env(args))
     print(f"splitgpt up: {args.model}, {config.n_layer} blocks in {args.partitions} partitions: {ranges}", flush=True)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     cluster.dump(config_path)
@@ -250,7 +274,9 @@ async def run(args: argparse.Namespace) -> int:
         print(
             f"splitgpt is ready: {cluster.num_partitions} partitions x {args.replicas} replicas of {args.model}\n"
             f"  curl -s {api}/api/model/process -H 'content-type: application/json' -d '{{\"text\": \"Hello\"}}'\n"
-            f"  docs: {api}/docs" + ("" if args.no_ui else f"\n  web UI: http://{args.host}:{args.ui_port}"),
+            f"  docs: {api}/docs"
+            + ("" if args.no_ui else f"\n  web UI: http://{args.host}:{args.ui_port}")
+            + ("\n  internal gRPC: token and mutual TLS (certificates in " + str(args.run_dir / "tls") + ")" if args.tls else ""),
             flush=True,
         )
         await asyncio.wait([stopping, supervisor.failed], return_when=asyncio.FIRST_COMPLETED)

@@ -34,7 +34,9 @@ def gateway(stack):
     from splitgpt.api.settings import ApiSettings
 
     settings = ApiSettings(
-        tokenizer_address=f"127.0.0.1:{stack.grpc_base + 1}", coordinator_address=f"127.0.0.1:{stack.grpc_base}"
+        tokenizer_address=f"127.0.0.1:{stack.grpc_base + 1}",
+        coordinator_address=f"127.0.0.1:{stack.grpc_base}",
+        internal_token=stack.internal_token,
     )
     # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as a test error.
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:

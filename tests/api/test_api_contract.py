@@ -210,17 +210,17 @@ def test_a_client_that_disconnects_frees_its_caches_on_every_node(api, stack):
         assert time.monotonic() < deadline, "the generation was not cancelled"
         time.sleep(0.05)
     for p in range(3):
-        assert node_cached_sessions(stack.node_address(p)) == 0
+        assert node_cached_sessions(stack.node_address(p), stack.security()) == 0
 
 
-def node_cached_sessions(address: str) -> int:
+def node_cached_sessions(address: str, security) -> int:
     import asyncio
 
     from splitgpt.rpc import node_pb2, node_pb2_grpc
-    from splitgpt.shells.grpc_runtime import insecure_channel
+    from splitgpt.shells.grpc_runtime import client_channel
 
     async def ask():
-        async with insecure_channel(address) as channel:
+        async with client_channel(address, security) as channel:
             return (await node_pb2_grpc.PartitionNodeStub(channel).Info(node_pb2.NodeInfoRequest())).cached_sessions
 
     deadline = time.monotonic() + 5

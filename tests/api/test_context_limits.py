@@ -33,7 +33,12 @@ def max_chars(stack) -> int:
     import asyncio
 
     async def ask():
-        backends = Backends(ApiSettings(tokenizer_address=f"127.0.0.1:{stack.grpc_base + 1}", coordinator_address="127.0.0.1:1"))
+        settings = ApiSettings(
+            tokenizer_address=f"127.0.0.1:{stack.grpc_base + 1}",
+            coordinator_address="127.0.0.1:1",
+            internal_token=stack.internal_token,
+        )
+        backends = Backends(settings)
         try:
             return await backends.max_chars_per_token()
         finally:

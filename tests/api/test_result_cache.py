@@ -33,7 +33,11 @@ async def test_unreachable_redis_fails_open():
 
 
 def test_api_caches_in_redis_and_keeps_serving_when_it_dies(stack, redis_server):
-    api = ApiProcess(f"127.0.0.1:{stack.grpc_base + 1}", f"127.0.0.1:{stack.grpc_base}", {"REDIS_URL": redis_server.url})
+    api = ApiProcess(
+        f"127.0.0.1:{stack.grpc_base + 1}",
+        f"127.0.0.1:{stack.grpc_base}",
+        {"REDIS_URL": redis_server.url, **stack.security_env()},
+    )
     try:
         body = {"text": "Cache me in Redis", "max_tokens": 5}
         first = httpx.post(f"{api.url}/api/model/process", json=body, timeout=60).json()
@@ -55,7 +59,7 @@ def test_an_unreachable_tokenizer_replica_is_skipped(stack):
     from splitgpt.bench.local_stack import free_port_base
 
     dead = f"127.0.0.1:{free_port_base(1)}"  # nothing listens there
-    api = ApiProcess(f"{dead},127.0.0.1:{stack.grpc_base + 1}", f"127.0.0.1:{stack.grpc_base}")
+    api = ApiProcess(f"{dead},127.0.0.1:{stack.grpc_base + 1}", f"127.0.0.1:{stack.grpc_base}", stack.security_env())
     try:
         r = httpx.post(f"{api.url}/api/model/process", json={"text": "Tokenizer failover", "max_tokens": 3}, timeout=60)
         assert r.status_code == 200, r.text

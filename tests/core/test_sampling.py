@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from splitgpt.core.sampling import SamplingSpec, filter_logits, sample
+from splitgpt.core.sampling import SamplingSpec, filter_logits, sample, sample_with_alternatives, top_logprobs
 
 
 def logits(rows=1, vocab=50, seed=0) -> torch.Tensor:
@@ -47,3 +47,26 @@ def test_suppressed_token_is_never_chosen():
     x[0, 3] = 100.0
     tokens, _ = sample(x, [SamplingSpec(suppress=(3,))], [0])
     assert tokens[0] != 3
+
+
+def test_top_logprobs_are_the_k_largest_of_the_raw_distribution_per_row():
+    x = logits(3, vocab=200)
+    specs = [SamplingSpec(top_logprobs=5), SamplingSpec(), SamplingSpec(temperature=0.5, top_k=3, seed=1, top_logprobs=2)]
+    tokens, chosen, top = sample_with_alternatives(x, specs, [4, 4, 4])
+    reference = torch.log_softmax(x, -1)  # before temperature and top-k: the model's own distribution
+    assert top[1] == ()
+    for row, k in ((0, 5), (2, 2)):
+        values, ids = torch.topk(reference[row], k)
+        assert [t for t, _ in top[row]] == ids.tolist()
+        torch.testing.assert_close(torch.tensor([lp for _, lp in top[row]]), values)
+        assert all(lp <= 0 for _, lp in top[row])
+    assert top[0][0] == (tokens[0], chosen[0])  # greedy: the top-1 alternative is the chosen token
+    assert (tokens, chosen) == sample(x, specs, [4, 4, 4])  # asking for alternatives changes no choice
+
+
+def test_top_logprobs_skip_suppressed_tokens_and_cost_nothing_when_not_asked():
+    x = logits(2, vocab=30)
+    best = int(x[0].argmax())
+    _, _, top = sample_with_alternatives(x, [SamplingSpec(suppress=(best,), top_logprobs=30), SamplingSpec()], [0, 0])
+    assert best not in [t for t, _ in top[0][:-1]] and top[0][-1][1] == float("-inf")
+    assert top_logprobs(torch.log_softmax(x, -1), [0, 0]) == [(), ()]

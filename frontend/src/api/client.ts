@@ -1,6 +1,7 @@
 // The page's calls to the splitgpt API. Paths are same-origin: `splitgpt ui`
 // (or nginx in a container, or Vite in development) proxies them to the API.
 
+import { keyAccepted, keyRefused, withApiKey } from "./auth";
 import { ApiError, errorFromResponse, unreachable } from "./errors";
 import { readSse } from "./sse";
 import type { ClusterState, ErrorBody, GenerationRequest, ProcessResponse, Task, TokenEvent } from "./types";
@@ -8,11 +9,14 @@ import type { ClusterState, ErrorBody, GenerationRequest, ProcessResponse, Task,
 async function send(path: string, init?: RequestInit): Promise<Response> {
   let response: Response;
   try {
-    response = await fetch(path, init);
+    // Every call carries the session's API key, when the page has one.
+    response = await fetch(path, withApiKey(init));
   } catch (cause) {
     if (init?.signal?.aborted) throw cause; // the page cancelled it: not an error to show
     throw unreachable(cause);
   }
+  if (response.status === 401) keyRefused(); // the page asks for a key
+  else keyAccepted();
   if (!response.ok) throw await errorFromResponse(response);
   return response;
 }

@@ -62,6 +62,8 @@ export function describeError(error: unknown): ErrorDescription {
       };
     case 400:
       return { title: "The request does not fit", detail: error.message };
+    case 401:
+      return { title: "An API key is needed", detail: `${said} Enter a key above.` };
     case 413:
       return { title: "The prompt is too large", detail: `${said} Shorten the prompt.` };
     case 422:
@@ -70,6 +72,8 @@ export function describeError(error: unknown): ErrorDescription {
         detail: error.message,
       };
     case 429:
+      if (error.type === "rate_limited" || error.type === "concurrency_limited")
+        return { title: "Too many requests for this key", detail: said + retry };
       return { title: "The cluster is overloaded", detail: said + retry };
     case 503:
       return { title: "No healthy replica", detail: said + retry };

@@ -10,7 +10,8 @@ interface Props {
   ownRequestId: string | null;
 }
 
-/** Requests generating now, whoever sent them: the chain of replicas each runs on, and a Cancel. */
+/** Requests generating now (with API keys: this key's own, every key's for an admin key): the chain of
+ * replicas each runs on, and a Cancel. */
 export function TasksPanel({ tasks, ownRequestId }: Props) {
   const [cancelError, setCancelError] = useState<unknown>(null);
   const list = tasks.data ?? [];

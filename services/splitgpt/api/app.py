@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .auth import install_api_keys
 from .backends import Backends
 from .body_limit import BodyLimit
 from .cache import make_cache
@@ -22,6 +23,8 @@ from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
 from .generation import Done, GenerationService, TextDelta
 from .metrics import ApiMetrics, GenerationRequestMetrics
+from .openai.routes import openai_router
+from .rate_limit import GenerationLimits
 from .readiness import readiness
 from .schemas import (
     CancelResponse,
@@ -60,6 +63,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     # Added first, so innermost: a 413 still passes CORS and the request metrics on its way out.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Limits inside the key check (they count per key), both inside CORS (a browser can read a 401/429, and a
+    # preflight, which carries no key, is answered before them) and before the body is read.
+    app.add_middleware(
+        GenerationLimits,
+        per_min=settings.rate_limit_per_min,
+        burst=settings.rate_limit_burst,
+        max_concurrent=settings.max_concurrent_per_key,
+    )
+    install_api_keys(app, settings)
     app.add_middleware(Cors, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.state.metrics = metrics
 
@@ -72,6 +84,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     # Any route can meet a body over the limit, or a bug.
     app.include_router(_routes(), responses=error_responses(413, 500))
+    # The OpenAI-compatible API: its errors in OpenAI's shape (api/openai/errors.py).
+    app.include_router(openai_router(settings.served_model_name))
     return app
 
 
@@ -143,7 +157,8 @@ def _routes() -> APIRouter:
 
     @router.get("/api/tasks", tags=["ops"], response_model=TasksResponse, responses=COORDINATOR_ERRORS)
     async def tasks(backends: BackendsDep) -> TasksResponse:
-        """Requests generating now: id, tokens so far, age, the chain of replicas."""
+        """Requests generating now: id, tokens so far, age, the chain of replicas. With API keys: the
+        caller's own requests (an admin key: every request, other keys' as `OWNER:ID`)."""
         return await backends.tasks()
 
     @router.delete(
@@ -153,7 +168,8 @@ def _routes() -> APIRouter:
         responses={**error_responses(404, 422), **COORDINATOR_ERRORS},
     )
     async def cancel_task(request_id: str, backends: BackendsDep) -> CancelResponse:
-        """Cancel a running request: its stream ends with finish_reason "cancelled"."""
+        """Cancel a running request: its stream ends with finish_reason "cancelled". With API keys,
+        another key's request answers 404, as one not running (an admin key cancels any)."""
         if not await backends.cancel_task(request_id):
             raise ApiError(404, "not_found", "no running request has this id", param="request_id")
         return CancelResponse(request_id=request_id, cancelled=True)

@@ -8,6 +8,7 @@ as an ApiError (through `rpc_errors`, one status table in api/errors.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -16,8 +17,9 @@ import grpc
 from ..core.byte_decoding import ByteTableDecoder
 from ..core.generation_types import FinishEvent, GenerationRequest, TokenEvent
 from ..rpc import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
-from ..shells.grpc_runtime import insecure_channel, probe_health
-from . import wire
+from ..shells.grpc_runtime import client_channel, probe_health
+from ..shells.internal_auth import InternalSecurity
+from . import ownership, wire
 from .grpc_errors import from_grpc, rpc_errors
 from .schemas import ClusterResponse, ModelInfo, TasksResponse
 from .settings import ApiSettings
@@ -68,10 +70,11 @@ class Backends:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
         addresses = [a.strip() for a in settings.tokenizer_address.split(",") if a.strip()]
-        self.tokenizer_channels = [insecure_channel(a) for a in addresses]
+        security = InternalSecurity.from_settings(settings)  # the internal token and TLS
+        self.tokenizer_channels = [client_channel(a, security) for a in addresses]
         self.tokenizers = [tokenizer_pb2_grpc.TokenizerStub(c) for c in self.tokenizer_channels]
         self._preferred = 0  # the tokenizer replica that answered last
-        self.coordinator_channel = insecure_channel(settings.coordinator_address)
+        self.coordinator_channel = client_channel(settings.coordinator_address, security)
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel)
         self._model: ModelInfo | None = None
         self._token_bytes: list[bytes] | None = None  # [] once the tokenizer says it has none
@@ -139,6 +142,16 @@ class Backends:
                         self._token_bytes_retry_at = time.monotonic() + TOKEN_BYTES_RETRY_S
         return self._token_bytes
 
+    async def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token's own text (a token that is part of a UTF-8 character shows U+FFFD)."""
+        table = await self._token_bytes_table()
+        if table:
+            return [table[i].decode("utf-8", "replace") if 0 <= i < len(table) else "" for i in ids]
+        request = tokenizer_pb2.DecodeBatchRequest(items=[tokenizer_pb2.TokenIds(ids=[i]) for i in ids])
+        with rpc_errors("tokenizer"):
+            reply = await self.tokenizers[self._preferred].DecodeBatch(request, timeout=self.settings.rpc_timeout_s)
+        return list(reply.texts)
+
     async def model_info(self) -> ModelInfo:
         """Context size, vocabulary and name of the served model (asked once)."""
         if self._model is None:
@@ -152,7 +165,9 @@ class Backends:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | FinishEvent]:
         """The coordinator's events for `request`; closing the iterator early
         cancels the call, and so frees the sequence's caches on every node."""
-        call = self.coordinator.Generate(wire.generate_request(request), timeout=self.settings.request_timeout_s)
+        # Run under the caller's namespace (api/ownership.py): what makes it theirs to list and cancel.
+        owned = dataclasses.replace(request, request_id=ownership.coordinator_id(request.request_id))
+        call = self.coordinator.Generate(wire.generate_request(owned), timeout=self.settings.request_timeout_s)
         try:
             with rpc_errors("coordinator"):
                 async for event in call:
@@ -168,14 +183,25 @@ class Backends:
     async def tasks(self) -> TasksResponse:
         with rpc_errors("coordinator"):
             reply = await self.coordinator.ListTasks(coordinator_pb2.ListTasksRequest(), timeout=self.settings.rpc_timeout_s)
-        return wire.tasks(reply)
+        listing = wire.tasks(reply)
+        # Only the caller's own (all for an admin key, or with no keys), by the ids they know them by.
+        visible = []
+        for task in listing.tasks:
+            shown = ownership.visible_id(task.request_id)
+            if shown is not None:
+                visible.append(task.model_copy(update={"request_id": shown}))
+        return TasksResponse(tasks=visible)
 
     async def cancel_task(self, request_id: str) -> bool:
-        with rpc_errors("coordinator"):
-            reply = await self.coordinator.CancelTask(
-                coordinator_pb2.CancelTaskRequest(request_id=request_id), timeout=self.settings.rpc_timeout_s
-            )
-        return reply.cancelled
+        """False when no request the caller may cancel runs under `request_id`."""
+        for candidate in ownership.cancel_candidates(request_id):
+            with rpc_errors("coordinator"):
+                reply = await self.coordinator.CancelTask(
+                    coordinator_pb2.CancelTaskRequest(request_id=candidate), timeout=self.settings.rpc_timeout_s
+                )
+            if reply.cancelled:
+                return True
+        return False
 
     async def readiness(self) -> dict[str, str]:
         statuses = [await probe_health(c, timeout_s=self.settings.rpc_timeout_s) for c in self.tokenizer_channels]

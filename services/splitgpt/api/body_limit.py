@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from .errors import ApiError
+from .openai import errors as openai_errors
 
 
 def too_large(limit: int) -> ApiError:
@@ -33,7 +34,8 @@ class BodyLimit:
         if declared is not None and declared > self.max_bytes:
             error = too_large(self.max_bytes)
             # The unread body: the server closes the connection rather than read it.
-            await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            body = openai_errors.openai_body(error) if openai_errors.is_openai_path(scope["path"]) else error.body()
+            await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
             return
         received = 0
 

@@ -22,6 +22,9 @@ class TextDelta:
     text: str
     token_id: int  # -1 for text released at the end that no single token completed
     index: int
+    # Only on a live run that asked for them (never stored in the cache):
+    logprob: float | None = None  # the token's log-probability
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # the most likely (token id, log-probability), first first
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ApiError
+from .openai import errors as openai_errors
 from .schemas import ErrorResponse
 
 log = logging.getLogger("splitgpt.api")
@@ -27,7 +28,8 @@ DESCRIPTIONS = {
     413: "The request body is over the gateway's size limit.",
     415: "The body is not sent as JSON (`content-type: application/json`).",
     422: "A field is invalid: the message and `param` name it.",
-    429: "The coordinator's queue is full: retry after `Retry-After` seconds.",
+    429: "The coordinator's queue is full, or the API key is over its rate or concurrency limit: "
+    "retry after `Retry-After` seconds.",
     500: "A bug in the gateway (logged); never caused by input.",
     502: "The tokenizer or coordinator failed in a way it should not.",
     503: "The tokenizer, the coordinator or a partition has no usable replica (with `Retry-After`).",
@@ -40,8 +42,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
     return {status: {"model": ErrorResponse, "description": DESCRIPTIONS[status]} for status in statuses}
 
 
-def _respond(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers={**(headers or {}), **error.headers()})
+def _respond(error: ApiError, headers: dict[str, str] | None = None, request: Request | None = None) -> JSONResponse:
+    headers = {**(headers or {}), **error.headers()}
+    if request is not None and openai_errors.is_openai_path(request.url.path):  # OpenAI's shape on /v1
+        return JSONResponse(openai_errors.openai_body(error), status_code=openai_errors.openai_status(error), headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 def validation_error(errors: list[dict]) -> ApiError:
@@ -84,11 +89,11 @@ def _reason(error: dict) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _respond(exc)
+        return _respond(exc, request=request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _respond(validation_error(exc.errors()))
+        return _respond(validation_error(exc.errors()), request=request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -103,10 +108,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "the request body could not be read as JSON"
         else:
             message = str(exc.detail)
-        return _respond(ApiError(status, None, message[:MAX_MESSAGE_CHARS]), headers=exc.headers)
+        return _respond(ApiError(status, None, message[:MAX_MESSAGE_CHARS]), headers=exc.headers, request=request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Only for bugs: every input the gateway refuses has its own status above.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _respond(ApiError(500, "internal_error", f"internal error ({type(exc).__name__}); the gateway logged it"))
+        error = ApiError(500, "internal_error", f"internal error ({type(exc).__name__}); the gateway logged it")
+        return _respond(error, request=request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..core.cache_keys import result_key
@@ -18,6 +18,7 @@ from ..core.stop_strings import StopMatcher
 from . import cached_result, context_limits
 from .cache import ResultCache
 from .cached_result import TextDelta
+from .errors import ApiError
 from .metrics import ApiMetrics
 from .schemas import ModelInfo, PartitionTimingOut, ProcessRequest, ProcessResponse, Timings, Usage
 
@@ -41,6 +42,7 @@ class _Run:
     started: float
     tokenize_ms: float
     cache_key: str | None
+    logprobs: int | None = None  # None: none; n: each token's log-probability and its n most likely alternatives
     partition_ms: dict[tuple[int, str], float] = field(default_factory=dict)
 
 
@@ -57,14 +59,21 @@ class GenerationService:
                     return event.response
         raise AssertionError("a generation ended without its Done event")
 
-    async def stream(self, body: ProcessRequest, request_id: str) -> AsyncIterator[TextDelta | Done]:
+    async def stream(
+        self, body: ProcessRequest, request_id: str, *, prompt_ids: list[int] | None = None, logprobs: int | None = None
+    ) -> AsyncIterator[TextDelta | Done]:
         """Text deltas as tokens arrive (one per token), then Done with the whole response.
 
         Everything that can reject the request (validation, a full context, an
         unavailable cluster) is raised before the first event. A cache hit
         replays the stored deltas, so it streams like a live run.
+
+        `prompt_ids`: the prompt as token ids (`body.text` is then only a label,
+        not tokenized). `logprobs`: every delta of a token carries its
+        log-probability and its `logprobs` most likely alternatives (such runs
+        skip the cache, whose entries hold no log-probabilities).
         """
-        run = await self._prepare(body, request_id)
+        run = await self._prepare(body, request_id, prompt_ids, logprobs)
         if run.cache_key is not None:
             hit = await self._lookup(run)
             if hit is not None:
@@ -75,17 +84,32 @@ class GenerationService:
         async for event in self._generate(run):
             yield event
 
-    async def _prepare(self, body: ProcessRequest, request_id: str) -> _Run:
+    async def _prepare(
+        self, body: ProcessRequest, request_id: str, given_ids: list[int] | None = None, logprobs: int | None = None
+    ) -> _Run:
         started = time.perf_counter()
         model = await self.backends.model_info()
         context_limits.check_settings(body.max_tokens, body.min_tokens, model)
-        context_limits.check_prompt_chars(body.text, model, await self.backends.max_chars_per_token())
         t0 = time.perf_counter()
-        prompt_ids = await self.backends.encode(body.text)
+        if given_ids is None:
+            context_limits.check_prompt_chars(body.text, model, await self.backends.max_chars_per_token())
+            prompt_ids = await self.backends.encode(body.text)
+        else:
+            prompt_ids = list(given_ids)
+            bad = [t for t in prompt_ids if not 0 <= t < model.vocab_size]
+            if not prompt_ids or bad:
+                raise ApiError(
+                    400, "invalid_prompt", f"prompt token ids must be in [0, {model.vocab_size}), at least one", param="prompt"
+                )
         tokenize_ms = (time.perf_counter() - t0) * 1000
         context_limits.check_prompt_tokens(len(prompt_ids), body.max_tokens, model)
-        key = result_key(model.model_id, body.text, body.sampling_key()) if body.deterministic and body.cache else None
-        return _Run(body, request_id, model, prompt_ids, started, tokenize_ms, key)
+        key = None
+        if body.deterministic and body.cache and logprobs is None:
+            if given_ids is None:
+                key = result_key(model.model_id, body.text, body.sampling_key())
+            else:  # "" is no text prompt (they are never empty): ids never share a text's key
+                key = result_key(model.model_id, "", {**body.sampling_key(), "prompt_ids": prompt_ids})
+        return _Run(body, request_id, model, prompt_ids, started, tokenize_ms, key, logprobs)
 
     async def _lookup(self, run: _Run) -> cached_result.CachedResult | None:
         errors = self.cache.errors
@@ -112,6 +136,8 @@ class GenerationService:
             sampling=SamplingSpec(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed),
             ignore_eos=body.ignore_eos,
         )
+        if run.logprobs:
+            request = replace(request, sampling=replace(request.sampling, top_logprobs=run.logprobs))
         decoder = await self.backends.decode_stream()
         stopper = StopMatcher(body.stop)
         deltas: list[TextDelta] = []
@@ -141,6 +167,8 @@ class GenerationService:
                     # One delta per token, even when its text is held back (half a
                     # UTF-8 character, a possible stop string): clients count tokens.
                     delta = TextDelta(stopper.push(await decoder.push([event.token_id])), event.token_id, event.index)
+                    if run.logprobs is not None:
+                        delta = replace(delta, logprob=event.logprob, top_logprobs=event.top_logprobs)
                     deltas.append(delta)
                     yield delta
                     if stopper.stopped:

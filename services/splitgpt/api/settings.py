@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from ..shells.security_settings import InternalSecuritySettings
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(InternalSecuritySettings):  # + the internal token and TLS of its gRPC channels
     model_config = SettingsConfigDict(env_prefix="SPLITGPT_API_", populate_by_name=True)
 
     host: str = "127.0.0.1"
@@ -24,3 +26,13 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     cors_origins: list[str] = ["http://localhost:5173", "http://127.0.0.1:5173"]
     log_level: str = "INFO"
+    # The model's id on /v1 (OpenAI API); None: the id the coordinator reports. Its basename is also accepted.
+    served_model_name: str | None = None
+    # API keys (README "Security"): comma-separated, `admin:KEY` for a key that sees every
+    # request; unset (with keys_file) leaves the gateway open. Secret, so never in a repr or log.
+    keys: SecretStr | None = Field(None, description="API keys, comma-separated; `admin:KEY` marks an admin key")
+    keys_file: str | None = Field(None, description="a file of API keys, one a line (`admin:KEY`, # comments)")
+    # Generation routes only, per key (per client address when open), per gateway replica. 0 = off.
+    rate_limit_per_min: float = Field(0.0, ge=0.0, description="generation requests a minute per key; 0 = no limit")
+    rate_limit_burst: int = Field(0, ge=0, description="requests allowed at once before the rate applies; 0 = one minute's worth")
+    max_concurrent_per_key: int = Field(0, ge=0, description="generation requests running at once per key; 0 = no limit")

@@ -22,6 +22,7 @@ def generate_request(request: GenerationRequest) -> coordinator_pb2.GenerateRequ
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed, suppress_token_ids=list(s.suppress)
         ),
         ignore_eos=request.ignore_eos,
+        top_logprobs=s.top_logprobs,
     )
 
 
@@ -40,7 +41,13 @@ def generate_event(event: coordinator_pb2.GenerateEvent) -> TokenEvent | FinishE
             partitions=_timings(f.partitions),
         )
     t = event.token
-    return TokenEvent(token_id=t.token_id, logprob=t.logprob, index=t.index, partitions=_timings(t.partitions))
+    return TokenEvent(
+        token_id=t.token_id,
+        logprob=t.logprob,
+        index=t.index,
+        partitions=_timings(t.partitions),
+        top_logprobs=tuple(zip(t.top_token_ids, t.top_logprobs, strict=True)),
+    )
 
 
 def model_info(m: coordinator_pb2.ModelInfo) -> ModelInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -68,8 +69,14 @@ class Stack:
         env: dict[str, str] | None = None,
         ui: bool = False,
         restart: bool = False,
+        tls: bool = False,
     ) -> None:
+        """`tls`: `splitgpt up --tls` (mutual TLS inside, certificates in run_dir/tls).
+        The internal token is this object's own (`internal_token`), given by
+        environment, so tests can call the services directly (`security()`)."""
         self.partitions, self.replicas = partitions, replicas
+        self.run_dir, self.tls = run_dir, tls
+        self.internal_token = secrets.token_urlsafe(32)
         self.grpc_base = free_port_base(50 + partitions * replicas)
         self.api_port = free_port_base(1)
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -85,10 +92,37 @@ class Stack:
         argv += ["--ui-port", str(self.ui_port)] if ui else ["--no-ui"]
         # Off unless asked: the failover tests kill replicas and count on them staying down.
         argv += ["--restart"] if restart else ["--no-restart"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        argv += ["--tls"] if tls else []
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPLITGPT_INTERNAL_TOKEN": self.internal_token, **(env or {})}
+        env.pop("SPLITGPT_INTERNAL_TOKEN_FILE", None)
         env.pop("REDIS_URL", None)
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def security_env(self) -> dict[str, str]:
+        """A client's environment for this stack's gRPC services: the token, and with
+        TLS the CA and the client certificate (e.g. for `tests.servers.ApiProcess`)."""
+        env = {"SPLITGPT_INTERNAL_TOKEN": self.internal_token}
+        if self.tls:
+            tls = (self.run_dir / "tls").resolve()
+            env |= {"SPLITGPT_TLS_CA": str(tls / "ca.pem"), "SPLITGPT_TLS_CLIENT_CERT": str(tls / "client.pem"),
+                    "SPLITGPT_TLS_CLIENT_KEY": str(tls / "client-key.pem")}  # fmt: skip
+        return env
+
+    def security(self):
+        """The client side of `security_env`, for channels to this stack's services
+        (`shells.grpc_runtime.client_channel(address, stack.security())`)."""
+        from ..shells.internal_auth import InternalSecurity
+
+        if not self.tls:
+            return InternalSecurity(token=self.internal_token)
+        tls = (self.run_dir / "tls").resolve()
+        return InternalSecurity(
+            token=self.internal_token,
+            ca=(tls / "ca.pem").read_bytes(),
+            client_cert=(tls / "client.pem").read_bytes(),
+            client_key=(tls / "client-key.pem").read_bytes(),
+        )
 
     def node_address(self, partition: int, replica: int = 0) -> str:
         return f"127.0.0.1:{self.grpc_base + 50 + partition * self.replicas + replica}"

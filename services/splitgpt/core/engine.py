@@ -346,7 +346,8 @@ class GenerationEngine:
             return dict(zip(group, torch.split(result.hidden, batch.lengths), strict=True))
         for i, (seq, step) in enumerate(zip(group, batch.sequences, strict=True)):
             seq.position = step.position + step.length
-            self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1])
+            top = result.top_logprobs[i] if i < len(result.top_logprobs) else ()
+            self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1], top)
         return {}
 
     # -- per sequence ---------------------------------------------------------
@@ -356,7 +357,9 @@ class GenerationEngine:
             return dataclasses.replace(seq.req.sampling, suppress=(self.eos_token_id,))
         return seq.req.sampling
 
-    def _accept(self, seq: _Sequence, token: int, logprob: float, next_input: torch.Tensor) -> None:
+    def _accept(
+        self, seq: _Sequence, token: int, logprob: float, next_input: torch.Tensor, top: tuple[tuple[int, float], ...] = ()
+    ) -> None:
         if seq.done:  # cancelled while the step was in flight
             return
         if seq.position < len(seq.history):  # a prefill chunk short of the end: no token yet
@@ -367,7 +370,7 @@ class GenerationEngine:
             return
         seq.generated.append(token)
         timings = [PartitionTiming(p, seq.chain[p].node_id, ms) for p, ms in sorted(seq.step_ms.items())]
-        seq.events.put_nowait(TokenEvent(token, logprob, len(seq.generated) - 1, timings))
+        seq.events.put_nowait(TokenEvent(token, logprob, len(seq.generated) - 1, timings, tuple(top)))
         if len(seq.generated) >= seq.req.max_tokens or len(seq.history) >= self.n_ctx:
             self._finish(seq, "length")
 

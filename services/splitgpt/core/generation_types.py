@@ -17,6 +17,7 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int | None = None
     suppress: tuple[int, ...] = ()  # token ids that may not be chosen (EOS before min_tokens)
+    top_logprobs: int = 0  # also report this many most likely tokens at each position (0: none)
 
     @property
     def greedy(self) -> bool:
@@ -54,6 +55,8 @@ class TokenEvent:
     logprob: float
     index: int
     partitions: list[PartitionTiming]
+    # (token id, log-probability), most likely first: when the request asked for top_logprobs.
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ class StepResult:
     hidden: torch.Tensor | None = None  # not last: output rows, packed as the input
     token_ids: list[int] = field(default_factory=list)  # last: one per sequence ...
     logprobs: list[float] = field(default_factory=list)
+    # last: each sequence's most likely (token id, log-probability) pairs, when its sampling asked for them
+    top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     next_input: torch.Tensor | None = None  # ... and its embedding at the next position: [sequences, d]
 
 

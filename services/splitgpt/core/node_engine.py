@@ -7,6 +7,7 @@ What a step carries and the errors it raises are `core.node_contract`'s.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 from .gpt2_partition import GPT2Partition
 from .kv_cache import KVCacheStore
 from .node_contract import SequenceStep, StepBatch, StepInputError, StepResult, WrongPartition
-from .sampling import sample
+from .sampling import sample_with_alternatives
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,13 @@ class NodeEngine:
         if not self.is_last:
             raise WrongPartition("this partition does not hold the embedding: the last one does")
         vocab, n_ctx = self.partition.config.vocab_size, self.partition.config.n_positions
+        # Each item is at most n_ctx tokens (checked below); all together at most
+        # what one step may hold in the KV cache, which is what they are embedded for.
+        if sum(len(ids) for ids, _ in items) > self.cache.max_tokens:
+            raise StepInputError(f"embed of more than {self.cache.max_tokens} tokens (the KV budget) in one call")
         for token_ids, position in items:
+            if position < 0:
+                raise StepInputError(f"position {position} is negative")
             if not token_ids:
                 raise StepInputError("embed needs at least one token id")
             bad = [t for t in token_ids if not 0 <= t < vocab]
@@ -95,14 +102,14 @@ class NodeEngine:
         ends = torch.tensor(batch.lengths, device=out.device).cumsum(0) - 1
         logits = self.partition.logits(out[ends])
         next_positions = [s.position + s.length for s in batch.sequences]
-        tokens, logprobs = sample(logits, [s.sampling for s in batch.sequences], next_positions)
+        tokens, logprobs, top = sample_with_alternatives(logits, [s.sampling for s in batch.sequences], next_positions)
         # The embedding of each token just chosen is its sequence's next input;
         # past the end of the context there is no next step (zeros stand in).
         n_ctx = self.partition.config.n_positions
         next_input = self.partition.embed_at(tokens, [min(p, n_ctx - 1) for p in next_positions])
         past_end = torch.tensor([p >= n_ctx for p in next_positions], device=next_input.device)
         next_input = next_input.masked_fill(past_end.unsqueeze(1), 0.0)
-        return StepResult(token_ids=tokens, logprobs=logprobs, next_input=next_input)
+        return StepResult(token_ids=tokens, logprobs=logprobs, top_logprobs=top, next_input=next_input)
 
     def _set_threads(self, concurrent_steps: int) -> None:
         if self.threads is None:
@@ -113,21 +120,32 @@ class NodeEngine:
             self.threads_last_step = n
 
     def _validate(self, batch: StepBatch) -> None:
+        """Everything a step's sender controls, checked before any allocation: a
+        malformed or hostile step is a StepInputError (INVALID_ARGUMENT), never a crash."""
         d, n_ctx = self.partition.hidden_size, self.partition.config.n_positions
+        if len(batch.sequences) > self.cache.max_tokens:  # each needs at least one KV position
+            raise StepInputError(f"{len(batch.sequences)} sequences in one step: at most {self.cache.max_tokens} (the KV budget)")
         rows = sum(batch.lengths)
         if batch.hidden.dim() != 2 or batch.hidden.shape[1] != d or batch.hidden.shape[0] != rows:
             raise StepInputError(
                 f"hidden must be [{rows}, {d}] (the sum of the sequence lengths), got {list(batch.hidden.shape)}"
             )
+        if batch.hidden.dtype != self.partition.dtype:
+            raise StepInputError(f"hidden must be {self.partition.dtype} (this node's dtype), got {batch.hidden.dtype}")
+        vocab = self.partition.config.vocab_size
         seen = set()
         for s in batch.sequences:
+            if len(s.session_id) > MAX_SESSION_ID_CHARS:
+                raise StepInputError(f"session id of {len(s.session_id)} characters: at most {MAX_SESSION_ID_CHARS}")
             if s.session_id in seen:
                 raise StepInputError(f"session {s.session_id!r} appears twice in one step")
             seen.add(s.session_id)
             if s.length < 1:
                 raise StepInputError(f"session {s.session_id!r}: length must be at least 1")
-            if s.position + s.length > n_ctx:
-                raise StepInputError(f"session {s.session_id!r}: positions beyond the context of {n_ctx}")
+            if s.position < 0 or s.position + s.length > n_ctx:
+                raise StepInputError(f"session {s.session_id!r}: positions outside the context [0, {n_ctx})")
+            if self.is_last:
+                _check_sampling(s, vocab)
 
     def warm_up(self) -> None:
         """One throwaway step: touches every weight page (safetensors maps them
@@ -139,6 +157,24 @@ class NodeEngine:
 
     def release(self, session_ids: list[str]) -> int:
         return self.cache.drop(session_ids)
+
+
+MAX_SESSION_ID_CHARS = 512
+
+
+def _check_sampling(s: SequenceStep, vocab: int) -> None:
+    """Sampling parameters that would make the last partition's sampler fail."""
+    p = s.sampling
+    if not math.isfinite(p.temperature) or p.temperature < 0:
+        raise StepInputError(f"session {s.session_id!r}: temperature must be finite and at least 0")
+    if not math.isfinite(p.top_p) or not 0 < p.top_p <= 1:
+        raise StepInputError(f"session {s.session_id!r}: top_p must be in (0, 1]")
+    if p.top_k < 0:
+        raise StepInputError(f"session {s.session_id!r}: top_k must be at least 0")
+    if len(p.suppress) >= vocab or any(not 0 <= t < vocab for t in p.suppress):
+        raise StepInputError(f"session {s.session_id!r}: suppressed token ids must be fewer than {vocab}, each in [0, {vocab})")
+    if not 0 <= getattr(p, "top_logprobs", 0) <= vocab:
+        raise StepInputError(f"session {s.session_id!r}: top_logprobs must be in [0, {vocab}]")
 
 
 def resident_bytes() -> int:

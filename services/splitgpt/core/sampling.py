@@ -36,12 +36,30 @@ def filter_logits(logits: torch.Tensor, spec: SamplingSpec) -> torch.Tensor:
     return scores
 
 
+TopLogprobs = tuple[tuple[int, float], ...]
+
+
 @torch.inference_mode()
 def sample(logits: torch.Tensor, specs: list[SamplingSpec], positions: list[int]) -> tuple[list[int], list[float]]:
     """One token per row of `logits` [B, vocab]; `positions` are the new tokens' positions.
 
     Returns the tokens and their log-probabilities under the model's own
     (unfiltered) distribution.
+    """
+    tokens, chosen, _ = sample_with_alternatives(logits, specs, positions)
+    return tokens, chosen
+
+
+@torch.inference_mode()
+def sample_with_alternatives(
+    logits: torch.Tensor, specs: list[SamplingSpec], positions: list[int]
+) -> tuple[list[int], list[float], list[TopLogprobs]]:
+    """`sample`, plus each row's `spec.top_logprobs` most likely tokens with their
+    log-probabilities, most likely first (empty where a row asks for none).
+
+    Log-probabilities are the log_softmax of the raw logits: before temperature,
+    top-k and top-p (suppressed tokens excluded). A batch where no row asks
+    costs nothing more than `sample`.
     """
     logits = logits.float()
     for row, spec in enumerate(specs):
@@ -60,4 +78,15 @@ def sample(logits: torch.Tensor, specs: list[SamplingSpec], positions: list[int]
         probs = filter_logits(logits[row], spec).softmax(-1).cpu()
         tokens[row] = int(torch.multinomial(probs, 1, generator=generator))
     chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device).unsqueeze(1)).squeeze(1)
-    return tokens, chosen.tolist()
+    return tokens, chosen.tolist(), top_logprobs(logprobs, [s.top_logprobs for s in specs])
+
+
+def top_logprobs(logprobs: torch.Tensor, counts: list[int]) -> list[TopLogprobs]:
+    """The `counts[row]` largest entries of each row of `logprobs` [B, vocab] as
+    (token id, log-probability), largest first; one topk over the batch."""
+    k = min(max(counts, default=0), logprobs.shape[-1])
+    if k <= 0:
+        return [() for _ in counts]
+    values, ids = torch.topk(logprobs, k, dim=-1)
+    values, ids = values.tolist(), ids.tolist()
+    return [tuple(zip(ids[row][:n], values[row][:n], strict=True)) for row, n in enumerate(counts)]

@@ -15,6 +15,10 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Hidden states are [rows, d]; nothing on the wire has more dimensions than this,
+# nor (even in an empty tensor, whose other sizes are free) more elements.
+MAX_DIMS = 4
+MAX_ELEMENTS = 2**40
 
 
 class TensorFormatError(StepInputError):
@@ -38,8 +42,13 @@ def decode(data: bytes, dtype: str, shape: list[int], copy: bool = True) -> torc
     """Bytes -> tensor. `copy=False` returns a view over `data`: no copy, but
     the tensor must then never be written in place."""
     torch_dtype = dtype_from_name(dtype)
-    itemsize = torch.empty((), dtype=torch_dtype).element_size()
-    expected = math.prod(shape) * itemsize
+    if len(shape) > MAX_DIMS or any(n < 0 for n in shape) or math.prod(n for n in shape if n) > MAX_ELEMENTS:
+        raise TensorFormatError(
+            f"tensor shape {list(shape)[: MAX_DIMS + 1]} is not a shape: at most {MAX_DIMS} sizes, "
+            f"none negative, at most {MAX_ELEMENTS} elements"
+        )
+    itemsize = torch_dtype.itemsize
+    expected = math.prod(shape) * itemsize  # a Python int: no overflow, so a huge shape cannot match
     if len(data) != expected:
         raise TensorFormatError(f"tensor of shape {list(shape)} {dtype} needs {expected} bytes, got {len(data)}")
     if expected == 0:

@@ -20,6 +20,7 @@ from ..core.partitioning import PartitionError, resolve_split
 from ..core.routing import Replica, Router
 from ..rpc import node_pb2
 from .grpc_runtime import probe_health
+from .internal_auth import InternalSecurity
 from .node_client import GrpcNodeClient
 
 if TYPE_CHECKING:  # the settings' module imports this one
@@ -36,9 +37,10 @@ class Cluster:
     the names are resolved again every `dns_refresh_s` and new ones join.
     """
 
-    def __init__(self, config: ClusterConfig, settings: CoordinatorSettings) -> None:
+    def __init__(self, config: ClusterConfig, settings: CoordinatorSettings, security: InternalSecurity | None = None) -> None:
         self.config = config
         self.settings = settings
+        self.security = security  # the token and TLS of every node client
         self.router = Router(config.num_partitions, strategy=settings.routing)
         self.clients: dict[str, GrpcNodeClient] = {}
         self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
@@ -54,7 +56,7 @@ class Cluster:
             for node_id, address in await expand_address(entry.id, entry.address):
                 if node_id not in known:
                     self.router.replicas.append(Replica(node_id, address, entry.partition))
-                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s)
+                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s, self.security)
                     log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
 
     async def probe_all(self) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from ..core.cluster_config import ClusterConfig
 from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
@@ -23,12 +24,13 @@ from .cli_settings import settings_from_cli
 from .cluster_view import Cluster
 from .convert import sampling_from_proto
 from .grpc_runtime import GrpcServer
+from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 
 log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
 
 
-class CoordinatorSettings(BaseSettings):
+class CoordinatorSettings(InternalSecuritySettings):
     model_config = SettingsConfigDict(env_prefix="SPLITGPT_COORDINATOR_", populate_by_name=True)
 
     model_id: str = Field("gpt2", validation_alias="MODEL_ID")
@@ -85,7 +87,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             prompt_ids=list(request.prompt_ids),
             max_tokens=request.max_tokens,
             min_tokens=request.min_tokens,
-            sampling=sampling_from_proto(request.sampling),
+            sampling=dataclasses.replace(sampling_from_proto(request.sampling), top_logprobs=request.top_logprobs),
             ignore_eos=request.ignore_eos,
         )
         # aclosing: a client that goes away closes the engine's stream, which
@@ -109,6 +111,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                             logprob=event.logprob,
                             index=event.index,
                             partitions=_timings(event.partitions),
+                            top_token_ids=[t for t, _ in event.top_logprobs],
+                            top_logprobs=[lp for _, lp in event.top_logprobs],
                         )
                     )
 
@@ -150,8 +154,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
 async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task]:
     config = ClusterConfig.load(settings.cluster_config)
-    cluster = Cluster(config, settings)
-    server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
+    security = InternalSecurity.from_settings(settings)  # serves with it, and calls the nodes with it
+    cluster = Cluster(config, settings, security)
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port, security)
     server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, CoordinatorServicer(cluster, settings))
     await server.start()
     log.info(
@@ -189,4 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             health.cancel()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except InternalSecurityError as exc:
+        log.error("coordinator cannot start: %s", exc)
+        raise SystemExit(2) from None

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .error_mapping import ErrorMappingInterceptor
+from .internal_auth import InternalSecurity
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,36 @@ class GrpcServer:
     """A grpc.aio server with grpc.health.v1, NOT_SERVING until `set_serving`,
     and core exceptions mapped to status codes (shells.error_mapping)."""
 
-    def __init__(self, service_name: str, host: str, port: int) -> None:
+    def __init__(self, service_name: str, host: str, port: int, security: InternalSecurity | None = None) -> None:
+        """`security`: the internal token and TLS (shells.internal_auth). None: open and
+        plain text, quietly (tests); a service passes its settings' own, and is told
+        with a WARNING when that has no token."""
         self.service_name = service_name
         # No SO_REUSEPORT: a second server on a taken port must fail to bind,
         # not silently share the port with a stale node of an earlier stack.
         options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(options=options, interceptors=[ErrorMappingInterceptor()])
+        # The token is checked first: a refused call reaches no servicer.
+        interceptors = [*(security.server_interceptors() if security else []), ErrorMappingInterceptor()]
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        credentials = security.server_credentials() if security else None
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            if credentials is None:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
         except RuntimeError:  # grpc's "Failed to bind": say which port, as a socket would
             self.port = 0
         if self.port == 0:
             raise OSError(f"could not bind gRPC port {host}:{port}: it is in use or the address is not this host's")
+        if security is not None:
+            log.info("%s on port %d: %s", service_name, self.port, security.describe_server())
+            if security.token is None:
+                log.warning(
+                    "%s: no internal token (SPLITGPT_INTERNAL_TOKEN or SPLITGPT_INTERNAL_TOKEN_FILE): "
+                    "anyone who can reach port %d can call it", service_name, self.port,
+                )  # fmt: skip
 
     def add(self, add_to_server: Callable[[object, grpc.aio.Server], None], servicer: object) -> None:
         add_to_server(servicer, self.server)
@@ -114,6 +131,15 @@ class GrpcServer:
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
+
+
+def client_channel(address: str, security: InternalSecurity | None = None, add_token: bool = True) -> grpc.aio.Channel:
+    """A channel to another splitgpt service: with the internal token on every
+    call and TLS (mutual when a client certificate is set) as `security` says.
+    `add_token=False`: the caller passes `security.call_metadata` on each call."""
+    if security is None:
+        return insecure_channel(address)
+    return security.channel(address, CLIENT_CHANNEL_OPTIONS, add_token)
 
 
 async def probe_health(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 1.0) -> str:

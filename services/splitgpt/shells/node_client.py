@@ -13,14 +13,18 @@ from ..core.node_contract import StepBatch, StepResult
 from ..rpc import node_pb2, node_pb2_grpc
 from .convert import fill_tensor, sampling_to_proto, tensor_from_proto
 from .error_mapping import error_from_status
-from .grpc_runtime import insecure_channel
+from .grpc_runtime import client_channel
+from .internal_auth import InternalSecurity
 
 
 class GrpcNodeClient:
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(self, address: str, timeout_s: float, security: InternalSecurity | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = insecure_channel(address)
+        # The token goes as each call's metadata (precomputed): the step path skips
+        # grpc.aio's client interceptors, which cost a task per call.
+        self.channel = client_channel(address, security, add_token=False)
+        self._metadata = security.call_metadata if security is not None else None
         self.stub = node_pb2_grpc.PartitionNodeStub(self.channel)
 
     async def info(self, timeout_s: float | None = None) -> node_pb2.NodeInfo:
@@ -35,7 +39,11 @@ class GrpcNodeClient:
         request = node_pb2.StepRequest(
             sequences=[
                 node_pb2.SequenceStep(
-                    session_id=s.session_id, position=s.position, length=s.length, sampling=sampling_to_proto(s.sampling)
+                    session_id=s.session_id,
+                    position=s.position,
+                    length=s.length,
+                    sampling=sampling_to_proto(s.sampling),
+                    top_logprobs=s.sampling.top_logprobs,
                 )
                 for s in batch.sequences
             ],
@@ -47,6 +55,7 @@ class GrpcNodeClient:
             hidden=tensor_from_proto(reply.hidden) if reply.HasField("hidden") else None,
             token_ids=[r.token_id for r in reply.results],
             logprobs=[r.logprob for r in reply.results],
+            top_logprobs=[tuple(zip(r.top_token_ids, r.top_logprobs, strict=True)) for r in reply.results],
             next_input=tensor_from_proto(reply.next_input) if reply.HasField("next_input") else None,
         )
 
@@ -55,7 +64,7 @@ class GrpcNodeClient:
 
     async def _call(self, method, request, timeout_s: float | None = None):
         try:
-            return await method(request, timeout=timeout_s or self.timeout_s)
+            return await method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_status(exc.code(), exc.details(), self.address) from exc
 

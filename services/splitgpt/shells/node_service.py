@@ -8,13 +8,14 @@ Each method is protobuf in, a core call, protobuf out; the core's exceptions
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from ..core import tensors
 from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
@@ -27,12 +28,13 @@ from ..rpc import node_pb2, node_pb2_grpc
 from .cli_settings import settings_from_cli
 from .convert import fill_tensor, sampling_from_proto, tensor_from_proto, tensor_to_proto
 from .grpc_runtime import GrpcServer
+from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 
 log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
 
 
-class NodeSettings(BaseSettings):
+class NodeSettings(InternalSecuritySettings):
     model_config = SettingsConfigDict(env_prefix="SPLITGPT_NODE_", populate_by_name=True)
 
     model_id: str = Field("gpt2", validation_alias="MODEL_ID")
@@ -140,7 +142,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         started = time.perf_counter()
         engine = self.engine
         batch = StepBatch(
-            [SequenceStep(s.session_id, s.position, s.length, sampling_from_proto(s.sampling)) for s in request.sequences],
+            [SequenceStep(s.session_id, s.position, s.length, _sampling(s)) for s in request.sequences],
             tensor_from_proto(request.hidden),
             concurrent_steps=max(1, request.concurrent_steps),
         )
@@ -151,6 +153,10 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
                 for s, t, lp in zip(batch.sequences, result.token_ids, result.logprobs, strict=False)
             ]
         )
+        for item, top in zip(reply.results, result.top_logprobs, strict=False):
+            if top:
+                item.top_token_ids.extend(t for t, _ in top)
+                item.top_logprobs.extend(lp for _, lp in top)
         if result.hidden is not None:
             fill_tensor(reply.hidden, result.hidden)
         if result.next_input is not None:
@@ -167,7 +173,7 @@ async def start(settings: NodeSettings) -> GrpcServer:
     """Bind and report NOT_SERVING at once, load the weights, then SERVING."""
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
-    server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port, InternalSecurity.from_settings(settings))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     servicer = PartitionNodeServicer(settings, executor)
     server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
@@ -195,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         asyncio.run(run())
-    except (ModelSourceError, PartitionError) as exc:
+    except (ModelSourceError, PartitionError, InternalSecurityError) as exc:
         log.error("%s cannot start: %s", settings.node_id, exc)
         raise SystemExit(2) from None
+
+
+def _sampling(step: node_pb2.SequenceStep):
+    spec = sampling_from_proto(step.sampling)
+    return dataclasses.replace(spec, top_logprobs=step.top_logprobs) if step.top_logprobs else spec

@@ -11,20 +11,21 @@ import logging
 
 import grpc
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from ..core.tokenization import IncrementalDecoder, TextTokenizer, load_tokenizer
 from ..logs import configure
 from ..rpc import tokenizer_pb2, tokenizer_pb2_grpc
 from .cli_settings import settings_from_cli
 from .grpc_runtime import GrpcServer
+from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "splitgpt.v1.Tokenizer"
 
 
-class TokenizerSettings(BaseSettings):
+class TokenizerSettings(InternalSecuritySettings):
     model_config = SettingsConfigDict(env_prefix="SPLITGPT_TOKENIZER_", populate_by_name=True)
 
     # MODEL_ID is shared with the other services, so it carries no prefix.
@@ -76,7 +77,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
 
 async def start(settings: TokenizerSettings) -> GrpcServer:
     """Bind first (a taken port fails before any loading), load, then serve."""
-    server = GrpcServer(SERVICE_NAME, settings.host, settings.port)
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port, InternalSecurity.from_settings(settings))
     # Reading the files, or timing out on the Hub, must not stall the loop.
     tokenizer = await asyncio.to_thread(load_tokenizer, settings.model_id)
     token_bytes = await asyncio.to_thread(tokenizer.token_bytes)  # 50k tokens: ~0.1 s, off the loop
@@ -95,4 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         server = await start(settings)
         await server.run_until_signal()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except InternalSecurityError as exc:
+        log.error("tokenizer cannot start: %s", exc)
+        raise SystemExit(2) from None

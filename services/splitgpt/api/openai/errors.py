@@ -1,0 +1,36 @@
+"""Errors on /v1 in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+
+The gateway raises one ApiError everywhere; api/error_handlers.py answers
+it in this shape on /v1 paths. `code` keeps the gateway's own error type
+(context_length_exceeded, model_not_found, validation_error, ...); `type` is
+the class OpenAI's clients know. A field that fails validation is a 400 here
+(OpenAI's status for it), not the 422 /api answers.
+"""
+
+from __future__ import annotations
+
+from ..errors import ApiError
+
+PREFIX = "/v1"
+
+TYPE_FOR_STATUS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+
+
+def is_openai_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def openai_status(error: ApiError) -> int:
+    return 400 if error.status == 422 else error.status
+
+
+def openai_body(error: ApiError) -> dict:
+    status = openai_status(error)
+    kind = TYPE_FOR_STATUS.get(status) or ("invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.type}}
