@@ -203,6 +203,10 @@ def test_stop_strings(client, model):
         {"echo": True, "logprobs": 1},
         {"suffix": "x"},
         {"not_a_field": 1},
+        # wider than the wire's uint32: refused, never an overflow when encoded
+        {"top_k": 10**400},
+        {"min_tokens": 10**400},
+        {"max_completion_tokens": 10**400},
     ],
 )
 def test_bad_or_unsupported_fields_are_400_naming_the_field(client, model, extra):
@@ -211,6 +215,12 @@ def test_bad_or_unsupported_fields_are_400_naming_the_field(client, model, extra
     body = exc.value.body
     assert set(body) >= {"message", "type", "param", "code"} and body["type"] == "invalid_request_error"
     assert body["param"] == next(iter(extra))
+
+
+def test_a_token_id_wider_than_the_wire_is_a_400(client, model):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=model, prompt=[[1, 10**400]], max_tokens=2)
+    assert exc.value.body["param"].startswith("prompt")
 
 
 def test_unknown_model_is_404_in_openai_shape(client, stack):

@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..json_values import UnicodeText
+from ..schemas import UINT32_MAX  # counts and ids wider than the wire are a 400, not an overflow
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=UINT32_MAX)]], Field(min_length=1)]
 Prompt = (
     UnicodeText | Annotated[list[UnicodeText], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
 )
@@ -32,7 +33,9 @@ class _SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: UnicodeText = Field(description="The served model's id (GET /v1/models), or an alias of it.")
-    max_tokens: int | None = Field(16, ge=1, description="Tokens to generate at most; null: as many as the context leaves.")
+    max_tokens: int | None = Field(
+        16, ge=1, le=UINT32_MAX, description="Tokens to generate at most; null: as many as the context leaves."
+    )
     temperature: float | None = Field(1.0, ge=0.0, le=2.0, description="0 is greedy; null: 1.")
     top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling; 1 (or null) is off.")
     n: int | None = Field(1, ge=1, le=MAX_N, description="Completions per prompt.")
@@ -49,8 +52,8 @@ class _SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: only null or {}.")
     user: UnicodeText | None = Field(None, description="Accepted and ignored.")
     # vLLM's extras
-    top_k: int | None = Field(None, ge=-1, description="vLLM extra: 0 or -1 (or null) is off.")
-    min_tokens: int = Field(0, ge=0, description="vLLM extra: no end-of-text before this many tokens.")
+    top_k: int | None = Field(None, ge=-1, le=UINT32_MAX, description="vLLM extra: 0 or -1 (or null) is off.")
+    min_tokens: int = Field(0, ge=0, le=UINT32_MAX, description="vLLM extra: no end-of-text before this many tokens.")
     ignore_eos: bool = Field(False, description="vLLM extra: keep generating past the end-of-text token.")
 
     @field_validator("stop")
@@ -86,7 +89,7 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = Field(False, description="Not supported on chat: only false.")
     top_logprobs: int | None = Field(None, description="Not supported on chat: only null.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Takes precedence over max_tokens.")
+    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX, description="Takes precedence over max_tokens.")
 
 
 class CompletionLogprobs(BaseModel):
