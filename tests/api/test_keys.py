@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import openai
 import pytest
 
 from splitgpt.api.auth import fingerprint
@@ -59,7 +60,8 @@ def test_a_key_is_needed_and_either_header_carries_it(url):
             assert c.get(path, headers=bearer(KEY_A)).status_code == 200, path
         assert "splitgpt_requests_total" in c.get("/metrics", headers={"X-API-Key": ADMIN}).text
         assert c.get("/api/health").status_code == 200 and c.get("/api/ready").status_code == 200
-        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+        for path in ("/docs", "/openapi.json"):
+            assert c.get(path).status_code == 401 and c.get(path, headers=bearer(KEY_A)).status_code == 200, path
 
 
 def test_a_stream_with_a_key(url):
@@ -184,3 +186,15 @@ def test_no_key_appears_in_the_gateways_log(keyed, url):
     assert fingerprint(ADMIN) in text  # keys are named by fingerprint
     for key in (KEY_A, KEY_B, ADMIN, "wrong-key-9a8b7c6d5e4f"):
         assert key not in text
+
+
+def test_the_openai_client_needs_the_key(url):
+    # What an OpenAI SDK user meets: AuthenticationError without a valid key, answers with one.
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="not-a-key", max_retries=0, timeout=60) as bad:
+        with pytest.raises(openai.AuthenticationError) as exc:
+            bad.models.list()
+        assert exc.value.code == "invalid_api_key"
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=60) as good:
+        model = good.models.list().data[0].id
+        done = good.completions.create(model=model, prompt="Hello", max_tokens=3, temperature=0)
+        assert done.usage.completion_tokens == 3

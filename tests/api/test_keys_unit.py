@@ -172,8 +172,10 @@ def test_without_a_key_protected_routes_answer_401_in_their_shape():
         assert c.get("/api/cluster", headers={"Authorization": f"Bearer {KEY_A}"}).status_code == 503
         assert c.get("/api/cluster", headers={"X-API-Key": ADMIN}).status_code == 503
         assert c.get("/metrics", headers={"X-API-Key": KEY_A}).status_code == 200
-        for path in ("/api/health", "/docs", "/openapi.json"):
-            assert c.get(path).status_code == 200, path
+        assert c.get("/api/health").status_code == 200
+        for path in ("/docs", "/openapi.json"):  # the API's description too, once keys are set
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"X-API-Key": KEY_A}).status_code == 200, path
         assert c.get("/api/ready").status_code == 503  # open: says why it is not ready, not 401
 
 
@@ -192,7 +194,7 @@ def test_a_browser_preflight_is_answered_without_a_key():
 
 def test_the_openapi_document_declares_the_keys_only_when_there_are_keys():
     with client(keys=KEY_A) as c:
-        doc = c.get("/openapi.json").json()
+        doc = c.get("/openapi.json", headers={"X-API-Key": KEY_A}).json()
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer", "description": "An API key as a bearer token."
     }  # fmt: skip

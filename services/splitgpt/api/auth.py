@@ -29,8 +29,10 @@ from .settings import ApiSettings
 log = logging.getLogger("splitgpt.api")
 
 ADMIN_PREFIX = "admin:"
-# No key needed: load balancers and orchestrators probe these, and the API's description is public.
-OPEN_PATHS = frozenset({"/api/health", "/api/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# No key needed: load balancers and orchestrators probe these. Everything else,
+# the API's own description (/docs, /openapi.json) included, needs a key once
+# keys are set: an unkeyed caller learns nothing but that the gateway is up.
+OPEN_PATHS = frozenset({"/api/health", "/api/ready"})
 SHORT_KEY_CHARS = 16
 
 
