@@ -9,6 +9,17 @@ from .json_values import JsonObject, UnicodeText
 # The widest integer the wire takes for counts (uint32 in protos/): larger
 # values are a 422 here, not an overflow when the request is encoded.
 UINT32_MAX = 2**32 - 1
+MAX_STOPS = 16
+
+
+def stop_list(v: list[str] | str | None) -> list[str]:
+    """`stop` as one list, for /api and /v1 alike: a string or a list, none empty, at most 16."""
+    stops = [v] if isinstance(v, str) else list(v or [])
+    if any(not s for s in stops):
+        raise ValueError("stop strings must not be empty")
+    if len(stops) > MAX_STOPS:
+        raise ValueError(f"at most {MAX_STOPS} stop strings")
+    return stops
 
 
 class ProcessRequest(BaseModel):
@@ -34,12 +45,7 @@ class ProcessRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: list[str] | str | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop strings")
-        return stops
+        return stop_list(v)
 
     @property
     def deterministic(self) -> bool:

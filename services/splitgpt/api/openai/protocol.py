@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..json_values import UnicodeText
-from ..schemas import UINT32_MAX  # counts and ids wider than the wire are a 400, not an overflow
+from ..schemas import UINT32_MAX, stop_list  # counts and ids wider than the wire are a 400, not an overflow
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=UINT32_MAX)]], Field(min_length=1)]
 Prompt = (
@@ -59,12 +59,7 @@ class _SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: list[str] | str | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop strings")
-        return stops
+        return stop_list(v)
 
 
 class CompletionRequest(_SamplingFields):
