@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 
 from splitgpt.bench.local_stack import Stack
@@ -41,3 +42,15 @@ def gateway(stack):
     # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as a test error.
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    """The official OpenAI client against the stack's /v1."""
+    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    return client.models.list().data[0].id

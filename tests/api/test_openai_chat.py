@@ -8,18 +8,6 @@ import pytest
 from splitgpt.api.openai.protocol import ChatCompletionRequest
 from splitgpt.api.openai.serving import chat_prompt
 
-
-@pytest.fixture(scope="module")
-def client(stack):
-    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(client) -> str:
-    return client.models.list().data[0].id
-
-
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Hi there"},

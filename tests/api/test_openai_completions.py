@@ -20,17 +20,6 @@ def hf_tokenizer(tiny_checkpoint):
     return AutoTokenizer.from_pretrained(tiny_checkpoint)
 
 
-@pytest.fixture(scope="module")
-def client(stack):
-    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(client) -> str:
-    return client.models.list().data[0].id
-
-
 def process(api, prompt: str, max_tokens: int, **extra) -> dict:
     r = api.post("/api/model/process", json={"text": prompt, "max_tokens": max_tokens, **extra})
     assert r.status_code == 200, r.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from .cache import make_cache
 from .cors import Cors
 from .deps import BackendsDep, Generation, JsonBody, RequestId
 from .deps import request_id as _request_id
+from .disconnect import unless_disconnected
 from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
 from .generation import Done, GenerationService, TextDelta
@@ -109,14 +109,7 @@ def _routes() -> APIRouter:
         body: ProcessRequest, generation: Generation, request: Request, x_request_id: RequestId = None
     ) -> ProcessResponse:
         """Generate a completion for `text` and return it whole."""
-        work = asyncio.ensure_future(drain.cut(generation.process(body, _request_id(x_request_id))))
-        # A client that goes away cancels its generation (and so frees its caches on every node).
-        while not work.done():
-            await asyncio.wait([work], timeout=0.5)
-            if not work.done() and await request.is_disconnected():
-                work.cancel()
-                raise ApiError(499, "client_closed_request", "the client closed the connection")
-        return work.result()
+        return await unless_disconnected(request, generation.process(body, _request_id(x_request_id)))
 
     @router.post(
         "/api/model/stream",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -12,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from ..cached_result import TextDelta as TextDeltaType
 from ..deps import Generation, JsonBody, RequestId
 from ..deps import request_id as _request_id
+from ..disconnect import unless_disconnected
 from ..errors import ApiError
 from ..shutdown import drain
 from . import streaming
@@ -98,7 +98,7 @@ def openai_router(served_model_name: str | None) -> APIRouter:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = await streaming.start([drain.cut_stream(r) for r in s.runs(choices, rid, body.logprobs)])
             return _stream(_completion_chunks(s, choices, events, cid, created, model, body.logprobs, include_usage))
-        await _unless_disconnected(request, s.run_all(choices, rid, body.logprobs))
+        await unless_disconnected(request, s.run_all(choices, rid, body.logprobs))
         return CompletionResponse(
             id=cid,
             created=created,
@@ -128,7 +128,7 @@ def openai_router(served_model_name: str | None) -> APIRouter:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = await streaming.start([drain.cut_stream(r) for r in s.runs(choices, rid, None)])
             return _stream(_chat_chunks(choices, events, cid, created, model, include_usage))
-        await _unless_disconnected(request, s.run_all(choices, rid, None))
+        await unless_disconnected(request, s.run_all(choices, rid, None))
         return ChatCompletionResponse(
             id=cid,
             created=created,
@@ -145,17 +145,6 @@ def openai_router(served_model_name: str | None) -> APIRouter:
         )
 
     return router
-
-
-async def _unless_disconnected(request: Request, work) -> None:
-    """`await work`; a client that goes away cancels it (and so its generations on every node)."""
-    task = asyncio.ensure_future(drain.cut(work))
-    while not task.done():
-        await asyncio.wait([task], timeout=0.5)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()
-            raise ApiError(499, "client_closed_request", "the client closed the connection")
-    task.result()
 
 
 def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
