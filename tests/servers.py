@@ -13,11 +13,12 @@ import pytest
 from splitgpt.bench.local_stack import free_port_base, wait_until_ready
 
 
-def require(binary: str) -> str:
+def require(binary: str, package: str = "redis-server") -> str:
+    """The path of `binary`; a skip where it is missing, a failure under SPLITGPT_REQUIRE_REAL_SERVICES."""
     path = shutil.which(binary)
     if path:
         return path
-    message = f"{binary} is not installed (apt-get install redis-server); .ci/run installs it"
+    message = f"{binary} is not installed (apt-get install {package}); .ci/run installs it"
     if os.environ.get("SPLITGPT_REQUIRE_REAL_SERVICES"):
         pytest.fail(message)
     pytest.skip(message)

@@ -24,6 +24,7 @@ import httpx
 
 from .core.cluster_config import ClusterConfig, NodeEntry
 from .core.partitioning import PartitionError, parse_split, resolve_split
+from .monitoring.local_prometheus import REPO_ALERTS, find_prometheus, prometheus_argv, write_local_config
 from .ports import can_listen, listener_of
 from .supervisor import Child, RestartPolicy, Supervisor
 
@@ -51,6 +52,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ui-port", type=int, default=5173, help="the web UI (built from frontend/ when stale)")
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
     p.add_argument("--grpc-port-base", type=int, default=50050, help="coordinator on it, tokenizer on +1, nodes from +50 on")
+    p.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=9400,
+        help="Prometheus /metrics of the gRPC services: coordinator on it, tokenizer on +1, node i on +10+i; 0: off",
+    )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also start a Prometheus (Debian's `prometheus` package) that scrapes every service and evaluates "
+        "prometheus/alerts.yml",
+    )
+    p.add_argument("--prometheus-port", type=int, default=9090, help="with --monitoring: Prometheus' web UI and API")
     p.add_argument("--run-dir", type=Path, default=Path("run"), help="where the cluster config is written")
     p.add_argument(
         "--torch-threads",
@@ -97,6 +111,54 @@ def inside_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def _node_ids(args: argparse.Namespace) -> list[str]:
+    """The nodes, in the order they are created (and numbered for their metrics ports)."""
+    return [f"part{p}-r{r}" for p in range(args.partitions) for r in range(args.replicas)]
+
+
+def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
+    """Each gRPC service's metrics port by child name (docs/metrics.md); empty when off."""
+    base = getattr(args, "metrics_port_base", 0)
+    if not base:
+        return {}
+    return {"coordinator": base, "tokenizer": base + 1} | {node: base + 10 + i for i, node in enumerate(_node_ids(args))}
+
+
+def _scrape_host(host: str) -> str:
+    """Where a local Prometheus reaches a service bound to `host`."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def metrics_targets(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Prometheus scrape targets (host:port) by job name, for the stack `args` describes
+    (any object with host, api_port, metrics_port_base, partitions and replicas).
+    The API serves its metrics at /metrics on its own port; the others on theirs."""
+    host = _scrape_host(args.host)
+    ports = metrics_ports(args)
+    targets = {"splitgpt-api": [f"{host}:{args.api_port}"], "splitgpt-tokenizer": [], "splitgpt-coordinator": [],
+               "splitgpt-node": []}  # fmt: skip
+    for name, port in ports.items():
+        job = f"splitgpt-{name}" if name in ("tokenizer", "coordinator") else "splitgpt-node"
+        targets[job].append(f"{host}:{port}")
+    return targets
+
+
+def metrics_urls(args: argparse.Namespace) -> list[str]:
+    """One line per service: its name and its /metrics URL."""
+    host = _scrape_host(args.host)
+    lines = [f"api         http://{host}:{args.api_port}/metrics"]
+    return lines + [f"{name:<11} http://{host}:{port}/metrics" for name, port in metrics_ports(args).items()]
+
+
+def metrics_port_claims(args: argparse.Namespace) -> list[tuple[int, str, str]]:
+    """(port, child, option that moves it) of every metrics port, for `port_problems`."""
+    return [(port, f"{name} metrics", "--metrics-port-base") for name, port in metrics_ports(args).items()]
+
+
 def plan(
     args: argparse.Namespace, model_dir: Path, inside: dict[str, str] | None = None
 ) -> tuple[list[Child], ClusterConfig, Path]:
@@ -113,6 +175,11 @@ def plan(
         for p in range(args.partitions)
         for r in range(args.replicas)
     ]
+    metrics = metrics_ports(args)  # by node id, numbered in this order
+
+    def metrics_flag(name: str) -> list[str]:
+        return ["--metrics-port", str(metrics[name])] if name in metrics else []
+
     config = ClusterConfig(model=str(model_dir), num_partitions=args.partitions, split=parse_split(args.split), nodes=nodes)
     config_path = (args.run_dir / "cluster.json").resolve()
 
@@ -137,7 +204,7 @@ def plan(
     # The backends stop on SIGINT: it skips a node's drain (DRAIN_S), which is
     # for a coordinator to move requests away, and by then the coordinator is gone.
     children = [
-        Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1)], env,
+        Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1), *metrics_flag("tokenizer")], env,
               tier=BACKENDS, stop_signal=signal.SIGINT, port=base + 1, port_flag=grpc_port)
     ]  # fmt: skip
     for node in nodes:
@@ -147,7 +214,8 @@ def plan(
                 node.id,
                 me + ["node", "--node-id", node.id, "--partition", str(node.partition),
                       "--num-partitions", str(args.partitions), "--split", args.split,
-                      "--host", host, "--port", port, "--torch-threads", str(threads), *divide],
+                      "--host", host, "--port", port, "--torch-threads", str(threads), *divide,
+                      *metrics_flag(node.id)],
                 node_env,
                 tier=BACKENDS, stop_signal=signal.SIGINT, port=int(port), port_flag=grpc_port,
                 essential=False,  # another replica may serve its partition; /api/ready tells
@@ -157,7 +225,7 @@ def plan(
         Child(
             "coordinator",
             me + ["coordinator", "--cluster-config", str(config_path), "--host", args.host, "--port", str(base),
-                  "--micro-batches", str(micro_batches)],
+                  "--micro-batches", str(micro_batches), *metrics_flag("coordinator")],
             env,
             tier=COORDINATION, port=base, port_flag=grpc_port,
         )
@@ -172,6 +240,14 @@ def plan(
             stop_timeout_s=args.shutdown_grace + 5,  # uvicorn's own backstop is at grace + 2
         )
     )  # fmt: skip
+    if getattr(args, "monitoring", False) and (prometheus := find_prometheus()):
+        directory = (args.run_dir / "prometheus").resolve()
+        argv = prometheus_argv(directory / "prometheus.yml", directory / "data", args.host, args.prometheus_port, prometheus)
+        # Stopped with the front tier: nothing depends on it, and it scrapes until then.
+        children.append(
+            Child("prometheus", argv, ui_env, tier=FRONT, port=args.prometheus_port, port_flag="--prometheus-port",
+                  essential=False)
+        )  # fmt: skip
     if not args.no_ui:
         # Builds the page first when it is missing or stale (npm ci, vite build); without
         # Node it says so in one line and serves a page saying the same: the stack runs on.
@@ -185,22 +261,45 @@ def plan(
     return children, config, config_path
 
 
-def port_problems(host: str, children: list[Child]) -> list[str]:
-    """One line per port that a child could not listen on, naming the option that moves it."""
+def start_monitoring(args: argparse.Namespace) -> str | None:
+    """With --monitoring, write the config of the Prometheus child (`plan`) and return its URL;
+    None (and a line saying why) when it is not asked for or not installed."""
+    if not args.monitoring:
+        return None
+    if find_prometheus() is None:
+        say("--monitoring: no Prometheus here (Debian: apt-get install prometheus); the stack starts without it")
+        return None
+    if not args.metrics_port_base:
+        say("--monitoring with --metrics-port-base 0: Prometheus scrapes the API alone")
+    rules = [REPO_ALERTS] if REPO_ALERTS.is_file() else []
+    from .api.auth import ADMIN_PREFIX
+
+    # With API keys set the API's /metrics needs one too: Prometheus presents the first
+    # (SPLITGPT_API_KEYS only; with a keys file, scrape with a key of your own).
+    keys = [k.strip().removeprefix(ADMIN_PREFIX).strip() for k in os.environ.get("SPLITGPT_API_KEYS", "").split(",")]
+    keys = [k for k in keys if k]
+    directory = (args.run_dir / "prometheus").resolve()
+    write_local_config(
+        directory, metrics_targets(args), scrape_interval_s=5.0, rules_files=rules, api_key=keys[0] if keys else None
+    )
+    return f"http://{_scrape_host(args.host)}:{args.prometheus_port}"
+
+
+def port_problems(host: str, children: list[Child], more: list[tuple[int, str, str]] = ()) -> list[str]:
+    """One line per port that a child could not listen on, naming the option that moves it.
+    `more`: further (port, user, option) claims, e.g. `metrics_port_claims`."""
     problems, planned = [], {}
-    for child in children:
-        if child.port is None:
+    claims = [(c.port, c.name, c.port_flag) for c in children if c.port is not None] + list(more)
+    for port, name, flag in claims:
+        if port in planned:
+            problems.append(f"port {port} is planned for both {planned[port]} and {name}: change {flag}")
             continue
-        if child.port in planned:
-            problems.append(f"port {child.port} is planned for both {planned[child.port]} and {child.name}: "
-                            f"change {child.port_flag}")  # fmt: skip
-            continue
-        planned[child.port] = child.name
-        if not can_listen(host, child.port):
-            holder = listener_of(child.port)
-            make = f" (make up {MAKE_VARIABLES[child.port_flag]}=...)" if child.port_flag in MAKE_VARIABLES else ""
-            problems.append(f"port {child.port} on {host} (for {child.name}) is already in use"
-                            f"{f' by {holder}' if holder else ''}: stop that, or choose another with {child.port_flag}{make}")  # fmt: skip
+        planned[port] = name
+        if not can_listen(host, port):
+            holder = listener_of(port)
+            make = f" (make up {MAKE_VARIABLES[flag]}=...)" if flag in MAKE_VARIABLES else ""
+            problems.append(f"port {port} on {host} (for {name}) is already in use"
+                            f"{f' by {holder}' if holder else ''}: stop that, or choose another with {flag}{make}")  # fmt: skip
     return problems
 
 
@@ -228,7 +327,7 @@ async def run(args: argparse.Namespace) -> int:
     except PartitionError as exc:
         say(str(exc))
         return 2
-    if problems := port_problems(args.host, children):
+    if problems := port_problems(args.host, children, metrics_port_claims(args)):
         say("nothing was started:\n  " + "\n  ".join(problems))
         return 2
     from .core.checkpoint import ModelSourceError, load_config, resolve_model_dir
@@ -244,6 +343,8 @@ async def run(args: argparse.Namespace) -> int:
     print(f"splitgpt up: {args.model}, {config.n_layer} blocks in {args.partitions} partitions: {ranges}", flush=True)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     cluster.dump(config_path)
+    print("splitgpt up: Prometheus metrics:\n  " + "\n  ".join(metrics_urls(args)), flush=True)
+    prometheus_url = start_monitoring(args)
 
     supervisor = Supervisor(children, RestartPolicy(enabled=args.restart, max_restarts=args.max_restarts))
     stop_asked = asyncio.Event()
@@ -276,6 +377,7 @@ async def run(args: argparse.Namespace) -> int:
             f"  curl -s {api}/api/model/process -H 'content-type: application/json' -d '{{\"text\": \"Hello\"}}'\n"
             f"  docs: {api}/docs"
             + ("" if args.no_ui else f"\n  web UI: http://{args.host}:{args.ui_port}")
+            + (f"\n  Prometheus: {prometheus_url} (alerts: {prometheus_url}/alerts)" if prometheus_url else "")
             + ("\n  internal gRPC: token and mutual TLS (certificates in " + str(args.run_dir / "tls") + ")" if args.tls else ""),
             flush=True,
         )

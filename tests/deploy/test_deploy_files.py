@@ -232,7 +232,10 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_builds_the_stubs_before_installing_and_runs_splitgpt_unprivileged():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+    # any Debian bookworm base (its python3 is 3.11, the torch wheel's), given as a build argument
+    assert re.search(r"^ARG BASE_IMAGE=debian:bookworm", text, re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS python$", text, re.MULTILINE)
+    assert re.search(r"apt-get install[^\n]*--no-install-recommends python3(?:\s|$)", text, re.MULTILINE)
     protoc = text.index("grpc_tools.protoc")
     assert "protos/splitgpt/rpc/*.proto" in text[protoc:]
     assert re.search(r"pip install[^\n]*--no-deps \.", text[protoc:]), "the project is installed after its stubs are generated"
@@ -257,6 +260,8 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
     ]
     assert copied, "the Dockerfile copies the sources"
     for src in copied:
+        if "[" in src:
+            continue  # an optional source (.wheel[s]: the find-links folder, when there is one)
         assert (ROOT / src).exists(), f"COPY {src}: no such path"
         assert not any(fnmatch.fnmatch(src, p) for p in patterns), f".dockerignore drops {src}, which the Dockerfile copies"
     for needed in (".venv", ".git", "models", "run", "**/__pycache__", "services/splitgpt/rpc/*_pb2.py"):
@@ -296,10 +301,13 @@ def splitgpt_services(doc: dict) -> dict[str, dict]:
 def test_compose_services_use_the_one_image():
     doc = load_compose(COMPOSE)
     assert set(splitgpt_services(doc)) == {"model-init", "tokenizer", "node-0", "node-1", "node-2", "coordinator", "api"}
-    assert doc["services"]["redis"]["image"].startswith("redis:7")
     built = {name: s["build"] for name, s in doc["services"].items() if "build" in s}
-    # model-init builds the image the other splitgpt services share; frontend, the web UI's own
-    assert list(built) == ["model-init", "frontend"], "one service builds the image the others share, plus the web UI"
+    # model-init builds the image the other splitgpt services share; frontend, the web UI's own;
+    # redis is built too (Debian's redis-server), never pulled
+    assert sorted(built) == ["frontend", "model-init", "redis"], (
+        "one service builds the image the others share, plus the web UI and redis"
+    )
+    assert (ROOT / built["redis"]["context"] / "Dockerfile").resolve() == ROOT / "services" / "redis" / "Dockerfile"
     assert (ROOT / built["model-init"]["context"] / built["model-init"]["dockerfile"]).resolve() == ROOT / "Dockerfile"
     assert (ROOT / built["frontend"]["context"] / built["frontend"]["dockerfile"]).resolve() == ROOT / "frontend" / "Dockerfile"
 
@@ -519,7 +527,8 @@ def test_grafana_dashboards_query_only_splitgpt_metrics():
         for title, expr in exprs:
             names = metric_names(expr)
             assert names, f"{path.name} '{title}': no metric in {expr!r}"
-            foreign = sorted(n for n in names if not n.startswith("splitgpt_"))
+            # Besides splitgpt_*: the process collector every service exports, and Prometheus' own `up`.
+            foreign = sorted(n for n in names if not n.startswith(("splitgpt_", "process_")) and n != "up")
             assert not foreign, f"{path.name} '{title}': {foreign} are not splitgpt_ metrics"
             seen |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
     assert DASHBOARD_METRICS <= seen, f"no panel for {sorted(DASHBOARD_METRICS - seen)}"
@@ -550,9 +559,17 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
     for provider in providers:
         assert (ROOT / mounts[provider["options"]["path"]]).resolve() == DASHBOARDS
     for path in dashboards():
-        for title, panel_ds in [(p["title"], p.get("datasource")) for p in json.loads(path.read_text())["panels"]]:
+        dashboard = json.loads(path.read_text())
+        # A datasource variable (`${datasource}`) may stand for it, defaulting to the provisioned one.
+        variables = {v["name"]: v for v in dashboard.get("templating", {}).get("list", []) if v.get("type") == "datasource"}
+        for title, panel_ds in [(p["title"], p.get("datasource")) for p in dashboard["panels"]]:
             if isinstance(panel_ds, dict):
-                assert panel_ds["uid"] == ds["uid"], f"{path.name} '{title}' uses datasource {panel_ds}"
+                uid = panel_ds["uid"]
+                if re.fullmatch(r"\$\{(\w+)\}", uid) and uid[2:-1] in variables:
+                    variable = variables[uid[2:-1]]
+                    assert variable["query"] == "prometheus", f"{path.name}: {uid} is not a Prometheus datasource"
+                    uid = variable["current"]["value"]
+                assert uid == ds["uid"], f"{path.name} '{title}' uses datasource {panel_ds}"
 
 
 # --- Kubernetes ------------------------------------------------------------------

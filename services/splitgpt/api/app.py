@@ -22,7 +22,7 @@ from .disconnect import unless_disconnected
 from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
 from .generation import Done, GenerationService, TextDelta
-from .metrics import ApiMetrics, GenerationRequestMetrics
+from .metrics import ApiMetrics, ErrorAnswers, GenerationRequestMetrics
 from .openai.routes import openai_router
 from .rate_limit import GenerationLimits
 from .readiness import readiness
@@ -76,6 +76,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.metrics = metrics
 
     app.add_middleware(GenerationRequestMetrics, metrics=metrics)
+    # Outermost: every error answer passes it, whichever layer answered.
+    app.add_middleware(ErrorAnswers, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
@@ -125,7 +127,9 @@ def _routes() -> APIRouter:
         # Pull the first event before answering, so a request the cluster
         # refuses gets its 4xx/5xx status instead of a 200 stream.
         first = await anext(events)
-        return StreamingResponse(_sse(first, events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _sse(first, events, generation.metrics), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     @router.get("/api/health", tags=["ops"], response_model=HealthResponse)
     async def health() -> HealthResponse:
@@ -170,7 +174,7 @@ def _routes() -> APIRouter:
     return router
 
 
-async def _sse(first: TextDelta | Done, rest: AsyncIterator[TextDelta | Done]) -> AsyncIterator[str]:
+async def _sse(first: TextDelta | Done, rest: AsyncIterator[TextDelta | Done], metrics: ApiMetrics) -> AsyncIterator[str]:
     async def all_events():
         yield first
         async for event in rest:
@@ -183,6 +187,7 @@ async def _sse(first: TextDelta | Done, rest: AsyncIterator[TextDelta | Done]) -
             else:
                 yield _event("done", event.response.model_dump())
     except ApiError as exc:  # the status line is gone: the error travels as an event
+        metrics.error(exc.type)
         yield _event("error", exc.body())
     finally:
         await rest.aclose()

@@ -74,6 +74,7 @@ class GenerationService:
         skip the cache, whose entries hold no log-probabilities).
         """
         run = await self._prepare(body, request_id, prompt_ids, logprobs)
+        self.metrics.prompt_tokens.inc(len(run.prompt_ids))
         if run.cache_key is not None:
             hit = await self._lookup(run)
             if hit is not None:
@@ -113,7 +114,9 @@ class GenerationService:
 
     async def _lookup(self, run: _Run) -> cached_result.CachedResult | None:
         errors = self.cache.errors
+        t0 = time.perf_counter()
         stored = await self.cache.get(run.cache_key)
+        self.metrics.cache_duration.labels("get").observe(time.perf_counter() - t0)
         timings = {
             "total_ms": (time.perf_counter() - run.started) * 1000,
             "tokenize_ms": run.tokenize_ms,
@@ -198,7 +201,9 @@ class GenerationService:
             metadata=body.metadata,
         )
         if run.cache_key is not None and reason != "cancelled":  # a cut-short result is not the result
+            t_set = time.perf_counter()
             await self.cache.set(run.cache_key, cached_result.encode(response, deltas))
+            self.metrics.cache_duration.labels("set").observe(time.perf_counter() - t_set)
         yield Done(response)
 
     @staticmethod

@@ -16,11 +16,12 @@ from .shutdown import DrainingServer
 
 
 class _QuietProbes(logging.Filter):
-    """Probes hit /api/ready and /api/health every second: keep them out of the access log."""
+    """Probes hit /api/ready and /api/health every second, Prometheus /metrics every
+    few: keep them out of the access log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (len(args) >= 3 and str(args[2]).split("?")[0] in ("/api/ready", "/api/health"))
+        return not (len(args) >= 3 and str(args[2]).split("?")[0] in ("/api/ready", "/api/health", "/metrics"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 
@@ -78,6 +79,8 @@ class Stack:
         self.run_dir, self.tls = run_dir, tls
         self.internal_token = secrets.token_urlsafe(32)
         self.grpc_base = free_port_base(50 + partitions * replicas)
+        # /metrics of the gRPC services: coordinator on it, tokenizer on +1, node i on +10+i.
+        self.metrics_base = free_port_base(10 + partitions * replicas)
         self.api_port = free_port_base(1)
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.log_path = run_dir / "stack.log"
@@ -85,7 +88,7 @@ class Stack:
             sys.executable, "-m", "splitgpt.cli", "up",
             "--model", str(model_dir), "--partitions", str(partitions), "--replicas", str(replicas),
             "--split", split, "--api-port", str(self.api_port), "--grpc-port-base", str(self.grpc_base),
-            "--run-dir", str(run_dir), *extra_args,
+            "--metrics-port-base", str(self.metrics_base), "--run-dir", str(run_dir), *extra_args,
         ]  # fmt: skip
         # The web UI on a free port when asked; never on 5173, which a developer's own stack may hold.
         self.ui_port = free_port_base(1) if ui else None
@@ -126,6 +129,19 @@ class Stack:
 
     def node_address(self, partition: int, replica: int = 0) -> str:
         return f"127.0.0.1:{self.grpc_base + 50 + partition * self.replicas + replica}"
+
+    def metrics_targets(self) -> dict[str, list[str]]:
+        """host:port to scrape by Prometheus job (`splitgpt-api`, `-tokenizer`, `-coordinator`,
+        `-node`), each at /metrics; the API's is its HTTP address."""
+        from ..launcher import metrics_targets
+
+        return metrics_targets(
+            SimpleNamespace(host="127.0.0.1", api_port=self.api_port, metrics_port_base=self.metrics_base,
+                            partitions=self.partitions, replicas=self.replicas)
+        )  # fmt: skip
+
+    def node_metrics_url(self, partition: int, replica: int = 0) -> str:
+        return f"http://127.0.0.1:{self.metrics_base + 10 + partition * self.replicas + replica}/metrics"
 
     def node_pid(self, partition: int, replica: int = 0) -> int:
         """The process serving that replica (found by its port on the command line)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .engine_observer import NO_GENERATION_OBSERVER, GenerationObserver
 from .generation_types import (  # noqa: F401  (re-exported: the engine's API)
     Event,
     FinishEvent,
@@ -47,6 +48,7 @@ class _Sequence:
     next_input: torch.Tensor | None = None  # None: (re)prefill the whole history
     replays: int = 0
     started: float = field(default_factory=time.perf_counter)
+    last_token_at: float = 0.0
     step_ms: dict[int, float] = field(default_factory=dict)  # this iteration, per partition
     total_ms: dict[int, float] = field(default_factory=dict)
     done: bool = False
@@ -96,6 +98,7 @@ class GenerationEngine:
         prefill_chunk_tokens: int = 256,
         max_queue: int = 256,
         unavailable_grace_s: float = 10.0,
+        observer: GenerationObserver = NO_GENERATION_OBSERVER,
     ) -> None:
         self.router = router
         self.client_for = client_for
@@ -109,6 +112,7 @@ class GenerationEngine:
         # A partition with no usable replica makes its sequences wait this long
         # for one to come back (a restart, a probe) before they fail.
         self.unavailable_grace_s = unavailable_grace_s
+        self.observer = observer
         self._sequences: dict[str, _Sequence] = {}
         # Pipeline parallelism: this many micro-batches are in flight at once,
         # each in its own lane, so while one runs on partition 1 the next can
@@ -143,12 +147,14 @@ class GenerationEngine:
         sequence and frees its caches on every node.
         """
         self.validate(req)
-        if self.running >= self.max_batch_size + self.max_queue:
+        if self.running >= self.queue_capacity:
+            self.observer.rejected("overloaded")
             raise GenerationError("overloaded", f"{self.running} requests are running or queued (the limit): retry in a moment")
         if req.request_id in self._sequences:
             raise GenerationError("invalid", f"request id {req.request_id!r} is already running")
         seq = _Sequence(req)
         self._sequences[req.request_id] = seq
+        self.observer.admitted(len(req.prompt_ids))
         self._admit(seq)
         try:
             while True:
@@ -165,6 +171,21 @@ class GenerationEngine:
     @property
     def running(self) -> int:
         return sum(lane.load for lane in self._lanes)
+
+    @property
+    def queue_capacity(self) -> int:
+        """Running + waiting beyond which a new request is refused as overloaded."""
+        return self.max_batch_size + self.max_queue
+
+    @property
+    def sequences_running(self) -> int:
+        """In a lane's running batch (vLLM's num_requests_running)."""
+        return sum(1 for lane in self._lanes for s in lane.running if not s.done)
+
+    @property
+    def sequences_waiting(self) -> int:
+        """Admitted, waiting to join a lane's batch (vLLM's num_requests_waiting)."""
+        return sum(len(lane.waiting) for lane in self._lanes)
 
     def tasks(self) -> list[dict]:
         """Running requests: id, tokens so far, age, the chain of replicas."""
@@ -222,8 +243,11 @@ class GenerationEngine:
             del lane.waiting[:room]
             batch = [s for s in lane.running if not s.done]
             self._lanes_in_flight += 1
+            lanes_in_flight, started = self._lanes_in_flight, time.perf_counter()
             try:
                 await self._iteration(batch)
+                if batch:
+                    self.observer.iteration(len(batch), lanes_in_flight, time.perf_counter() - started)
             except Exception as exc:  # keep serving others; these requests get the error
                 log.exception("iteration failed")
                 for seq in batch:
@@ -266,7 +290,7 @@ class GenerationEngine:
                         self._release_in_background(replica, seq.session_id)
                         moved = True
                 if moved:
-                    self._replay(seq, "moved off an unusable replica")
+                    self._replay(seq, "moved off an unusable replica", "moved")
             seq.parked_since = None
         except NoHealthyReplica as exc:
             now = time.perf_counter()
@@ -328,15 +352,17 @@ class GenerationEngine:
             result = await self._unless_down(replica, self.client_for(replica).step(batch))
         except CacheMiss as exc:
             for seq in group:
-                self._replay(seq, f"{replica.node_id} refused the step: {exc}")
+                self._replay(seq, f"{replica.node_id} refused the step: {exc}", "cache_miss")
             return {}
         except NodeFailed as exc:
             self._node_failed(replica, group, exc)
             return {}
         finally:
             replica.in_flight -= len(group)
-        ms = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
+        ms = seconds * 1000
         self.router.record_success(replica, ms)
+        self.observer.step(partition, replica.node_id, seconds)
         for seq in group:
             if seq.done:  # cancelled during the step, whose cache may postdate the release
                 self._release_in_background(replica, seq.session_id)
@@ -369,13 +395,21 @@ class GenerationEngine:
             self._finish(seq, "eos")
             return
         seq.generated.append(token)
+        now = time.perf_counter()
+        if len(seq.generated) == 1:
+            self.observer.first_token(now - seq.started)
+        else:
+            self.observer.next_token(now - seq.last_token_at)
+        seq.last_token_at = now
         timings = [PartitionTiming(p, seq.chain[p].node_id, ms) for p, ms in sorted(seq.step_ms.items())]
         seq.events.put_nowait(TokenEvent(token, logprob, len(seq.generated) - 1, timings, tuple(top)))
         if len(seq.generated) >= seq.req.max_tokens or len(seq.history) >= self.n_ctx:
             self._finish(seq, "length")
 
-    def _replay(self, seq: _Sequence, why: str) -> None:
+    def _replay(self, seq: _Sequence, why: str, reason: str) -> None:
+        """`reason`: "cache_miss" or "moved", what the replay is counted as."""
         seq.replays += 1
+        self.observer.replay(reason)
         if seq.replays > self.max_replays:
             self._fail(seq, GenerationError("unavailable", f"gave up after {self.max_replays} replays: {why}"))
             return
@@ -403,7 +437,11 @@ class GenerationEngine:
     def _node_failed(self, replica: Replica, group: list[_Sequence], exc: Exception) -> None:
         """Mark the replica; its sequences move to another replica and replay there."""
         log.warning("%s failed: %s; failing over %d sequences", replica.node_id, exc, len(group))
+        was_closed = self.router.clock() >= replica.open_until
         self.router.record_failure(replica)
+        self.observer.failover(replica.partition, replica.node_id)
+        if was_closed:
+            self.observer.circuit_opened(replica.partition, replica.node_id)
         # No replay is counted here: the next iteration moves these sequences
         # off the replica (`_route`), and that move is the replay that counts.
         for seq in group:
@@ -411,13 +449,18 @@ class GenerationEngine:
 
     def _fail(self, seq: _Sequence, exc: GenerationError) -> None:
         if not seq.done:
+            if exc.kind in ("overloaded", "unavailable"):
+                self.observer.rejected(exc.kind)
             seq.events.put_nowait(exc)
-            self._finish(seq)
+            self._finish(seq, outcome="error")
 
-    def _finish(self, seq: _Sequence, reason: str | None = None) -> None:
+    def _finish(self, seq: _Sequence, reason: str | None = None, outcome: str = "cancelled") -> None:
+        """`reason`: the finish reason the stream ends with; None: no FinishEvent (the
+        client went away, or an error was queued), counted as `outcome`."""
         if seq.done:
             return
         seq.done = True
+        self.observer.finished(reason or outcome, len(seq.generated), time.perf_counter() - seq.started)
         if seq.lane is not None and seq in seq.lane.waiting:
             seq.lane.waiting.remove(seq)
         if reason is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -49,11 +50,28 @@ class SessionKV:
     def commit(self, n_tokens: int) -> None:
         self.length += n_tokens
 
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(buf.numel() * buf.element_size() for buf in self._kv if buf is not None)
+
     def _grown(self, old: torch.Tensor | None, capacity: int) -> torch.Tensor:
         new = torch.empty((2, self._heads, capacity, self._head_dim), dtype=self._dtype, device=self._device)
         if old is not None and self.length:
             new[:, :, : self.length] = old[:, :, : self.length]
         return new
+
+
+@dataclass(frozen=True)
+class KVStats:
+    """A snapshot of a store, for metrics: read from another thread than the one that steps."""
+
+    sessions: int
+    cached_tokens: int
+    allocated_bytes: int
+    max_tokens: int
+    evictions: int  # sessions evicted for the budget
+    expirations: int  # sessions expired by the TTL
+    misses: int  # steps refused with CacheMiss
 
 
 class KVCacheStore:
@@ -75,6 +93,8 @@ class KVCacheStore:
         self._clock = clock
         self._sessions: OrderedDict[str, SessionKV] = OrderedDict()  # LRU order, oldest first
         self.evictions = 0
+        self.expirations = 0
+        self.misses = 0
 
     @property
     def cached_tokens(self) -> int:
@@ -108,6 +128,7 @@ class KVCacheStore:
             elif held != position:
                 misses[sid] = f"cache holds {held} positions, asked for position {position}"
         if misses:
+            self.misses += 1
             raise CacheMiss(misses)
         needed = sum(n for _, _, n in steps)
         if needed > self.max_tokens:
@@ -129,7 +150,30 @@ class KVCacheStore:
     def expire(self) -> int:
         cutoff = self._clock() - self.ttl_s
         stale = [sid for sid, s in self._sessions.items() if s.last_used < cutoff]
-        return self.drop(stale)
+        expired = self.drop(stale)
+        self.expirations += expired
+        return expired
+
+    def stats(self) -> KVStats:
+        """Safe to call from any thread while another steps: it reads a copy of the
+        session list (one C-level copy under the GIL), never iterates the live one."""
+        for _ in range(10):
+            try:
+                sessions = list(self._sessions.values())
+                break
+            except RuntimeError:  # mutated during the copy: try again
+                continue
+        else:
+            sessions = []
+        return KVStats(
+            sessions=len(sessions),
+            cached_tokens=sum(s.length for s in sessions),
+            allocated_bytes=sum(s.allocated_bytes for s in sessions),
+            max_tokens=self.max_tokens,
+            evictions=self.evictions,
+            expirations=self.expirations,
+            misses=self.misses,
+        )
 
     def _evict_for(self, incoming: int, protect: set[str]) -> None:
         total = self.cached_tokens + incoming

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import os
 import resource
+import time
 from dataclasses import dataclass
 
 import torch
 
+from .engine_observer import NO_NODE_OBSERVER, NodeStepObserver
 from .gpt2_partition import GPT2Partition
 from .kv_cache import KVCacheStore
 from .node_contract import SequenceStep, StepBatch, StepInputError, StepResult, WrongPartition
@@ -47,6 +49,7 @@ class NodeEngine:
         self.partition = partition
         self.threads = threads
         self.threads_last_step = torch.get_num_threads()
+        self.observer: NodeStepObserver = NO_NODE_OBSERVER  # a shell sets its own once serving
         self.cache = KVCacheStore(
             n_layers=partition.n_local_layers,
             n_heads=partition.n_heads,
@@ -85,7 +88,8 @@ class NodeEngine:
         """One step for a batch; all-or-nothing on the caches of its sessions."""
         if not batch.sequences:
             return StepResult(hidden=batch.hidden[:0])
-        self._validate(batch)
+        started = time.perf_counter()
+        decode_rows = self._validate(batch)
         self._set_threads(batch.concurrent_steps)
         sessions = self.cache.prepare([(s.session_id, s.position, s.length) for s in batch.sequences])
         try:
@@ -96,7 +100,10 @@ class NodeEngine:
             raise
         for session, s in zip(sessions, batch.sequences, strict=True):
             session.commit(s.length)
-        return self._sample(batch, out) if self.is_last else StepResult(hidden=out)
+        result = self._sample(batch, out) if self.is_last else StepResult(hidden=out)
+        seconds = time.perf_counter() - started
+        self.observer.step(batch.hidden.shape[0] - decode_rows, decode_rows, len(batch.sequences), seconds)
+        return result
 
     def _sample(self, batch: StepBatch, out: torch.Tensor) -> StepResult:
         ends = torch.tensor(batch.lengths, device=out.device).cumsum(0) - 1
@@ -119,9 +126,11 @@ class NodeEngine:
             torch.set_num_threads(n)  # cheap: the OpenMP team is kept, only its size changes
             self.threads_last_step = n
 
-    def _validate(self, batch: StepBatch) -> None:
+    def _validate(self, batch: StepBatch) -> int:
         """Everything a step's sender controls, checked before any allocation: a
-        malformed or hostile step is a StepInputError (INVALID_ARGUMENT), never a crash."""
+        malformed or hostile step is a StepInputError (INVALID_ARGUMENT), never a crash.
+        Returns the decode rows (one token after position 0), counted here to save a pass."""
+        decode_rows = 0
         d, n_ctx = self.partition.hidden_size, self.partition.config.n_positions
         if len(batch.sequences) > self.cache.max_tokens:  # each needs at least one KV position
             raise StepInputError(f"{len(batch.sequences)} sequences in one step: at most {self.cache.max_tokens} (the KV budget)")
@@ -146,6 +155,8 @@ class NodeEngine:
                 raise StepInputError(f"session {s.session_id!r}: positions outside the context [0, {n_ctx})")
             if self.is_last:
                 _check_sampling(s, vocab)
+            decode_rows += s.length == 1 and s.position > 0
+        return decode_rows
 
     def warm_up(self) -> None:
         """One throwaway step: touches every weight page (safetensors maps them

@@ -18,13 +18,16 @@ from pydantic_settings import SettingsConfigDict
 
 from ..core.cluster_config import ClusterConfig
 from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
+from ..core.engine_observer import NO_GENERATION_OBSERVER, GenerationObserver
 from ..logs import configure
 from ..rpc import coordinator_pb2, coordinator_pb2_grpc
 from .cli_settings import settings_from_cli
 from .cluster_view import Cluster
 from .convert import sampling_from_proto
+from .coordinator_metrics import CoordinatorMetrics
 from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
+from .metrics_http import MetricsPortError, serve_metrics
 
 log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
@@ -48,6 +51,9 @@ class CoordinatorSettings(InternalSecuritySettings):
     # Micro-batches in flight at once (pipeline parallelism); 0: one per partition.
     micro_batches: int = 0
     prefill_chunk_tokens: int = 256
+    # Prometheus /metrics over plain HTTP on its own port (docs/metrics.md); 0: off.
+    metrics_port: int = 0
+    metrics_host: str | None = None  # None: `host`
     log_level: str = "INFO"
 
 
@@ -56,9 +62,12 @@ def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTimi
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, cluster: Cluster, settings: CoordinatorSettings) -> None:
+    def __init__(
+        self, cluster: Cluster, settings: CoordinatorSettings, observer: GenerationObserver = NO_GENERATION_OBSERVER
+    ) -> None:
         self.cluster = cluster
         self.settings = settings
+        self.observer = observer
         self.engine: GenerationEngine | None = None  # built once the model is known
 
     def _engine(self) -> GenerationEngine | None:
@@ -75,12 +84,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
                 max_queue=self.settings.max_queue,
                 unavailable_grace_s=self.settings.unavailable_grace_s,
+                observer=self.observer,
             )
         return self.engine
 
     async def Generate(self, request, context):
         engine = self._engine()
         if engine is None:
+            self.observer.rejected("unavailable")
             raise GenerationError("unavailable", "the cluster is still starting: no partition node is SERVING yet")
         req = GenerationRequest(
             request_id=request.request_id,
@@ -157,7 +168,13 @@ async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task
     security = InternalSecurity.from_settings(settings)  # serves with it, and calls the nodes with it
     cluster = Cluster(config, settings, security)
     server = GrpcServer(SERVICE_NAME, settings.host, settings.port, security)
-    server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, CoordinatorServicer(cluster, settings))
+    servicer = CoordinatorServicer(cluster, settings)
+    metrics = CoordinatorMetrics(cluster.router, lambda: servicer.engine, settings.max_batch_size + settings.max_queue)
+    servicer.observer = metrics
+    metrics_server = serve_metrics(metrics.registry, settings.metrics_host or settings.host, settings.metrics_port, "coordinator")
+    if metrics_server is not None:
+        server.on_stop.append(metrics_server.close)
+    server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer)
     await server.start()
     log.info(
         "coordinator on %s:%d, %d nodes in %d partitions", settings.host, server.port, len(config.nodes), config.num_partitions
@@ -196,6 +213,6 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         asyncio.run(run())
-    except InternalSecurityError as exc:
+    except (InternalSecurityError, MetricsPortError) as exc:
         log.error("coordinator cannot start: %s", exc)
         raise SystemExit(2) from None

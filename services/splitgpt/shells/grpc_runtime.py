@@ -42,6 +42,8 @@ class GrpcServer:
         plain text, quietly (tests); a service passes its settings' own, and is told
         with a WARNING when that has no token."""
         self.service_name = service_name
+        self.draining = False  # set by a stop signal (the node's splitgpt_node_draining)
+        self.on_stop: list[Callable[[], None]] = []  # e.g. closing the metrics port
         # No SO_REUSEPORT: a second server on a taken port must fail to bind,
         # not silently share the port with a stale node of an earlier stack.
         options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
@@ -85,6 +87,8 @@ class GrpcServer:
         """Refuse new calls, let those in flight finish within `grace_s` (None: end them now)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        while self.on_stop:
+            self.on_stop.pop()()
 
     async def run_until_signal(self, grace_s: float = 5.0, drain_s: float = 0.0) -> None:
         """Serve until SIGTERM or SIGINT, then report NOT_SERVING and stop,
@@ -111,6 +115,7 @@ class GrpcServer:
         sig = await first
         drain_s = drain_s if sig == signal.SIGTERM else 0.0
         log.info("%s: %s: draining (NOT_SERVING for %.1fs, then %.1fs grace)", self.service_name, signal.Signals(sig).name, drain_s, grace_s)  # fmt: skip
+        self.draining = True
         await self.set_serving(False)
         stopping = asyncio.ensure_future(self._drain_then_stop(drain_s, grace_s))
         forced = asyncio.ensure_future(again.wait())

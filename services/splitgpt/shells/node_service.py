@@ -29,6 +29,8 @@ from .cli_settings import settings_from_cli
 from .convert import fill_tensor, sampling_from_proto, tensor_from_proto, tensor_to_proto
 from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
+from .metrics_http import MetricsPortError, serve_metrics
+from .node_metrics import NodeMetrics
 
 log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
@@ -63,6 +65,9 @@ class NodeSettings(InternalSecuritySettings):
     # After SIGTERM: NOT_SERVING but still answering for this long, so the
     # coordinator (probing every second or so) moves its sequences first.
     drain_s: float = 3.0
+    # Prometheus /metrics over plain HTTP on its own port (docs/metrics.md); 0: off.
+    metrics_port: int = 0
+    metrics_host: str | None = None  # None: `host`
     log_level: str = "INFO"
 
 
@@ -174,12 +179,20 @@ async def start(settings: NodeSettings) -> GrpcServer:
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     server = GrpcServer(SERVICE_NAME, settings.host, settings.port, InternalSecurity.from_settings(settings))
+    # Before the weights load: a loading node is visible (up, no splitgpt_node_info yet).
+    metrics = NodeMetrics(settings)
+    metrics.is_draining = lambda: server.draining
+    metrics_server = serve_metrics(metrics.registry, settings.metrics_host or settings.host, settings.metrics_port, "node")
+    if metrics_server is not None:
+        server.on_stop.append(metrics_server.close)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     servicer = PartitionNodeServicer(settings, executor)
     server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
     await server.start()
     log.info("%s listening on %s:%d, loading weights", settings.node_id, settings.host, server.port)
+    load_started = time.perf_counter()
     engine = await asyncio.get_running_loop().run_in_executor(executor, load_engine, settings)
+    metrics.attach(engine, time.perf_counter() - load_started)
     servicer.attach(engine)
     p = engine.partition
     log.info(
@@ -201,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         asyncio.run(run())
-    except (ModelSourceError, PartitionError, InternalSecurityError) as exc:
+    except (ModelSourceError, PartitionError, InternalSecurityError, MetricsPortError) as exc:
         log.error("%s cannot start: %s", settings.node_id, exc)
         raise SystemExit(2) from None
 

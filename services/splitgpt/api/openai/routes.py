@@ -127,7 +127,7 @@ def openai_router(served_model_name: str | None) -> APIRouter:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = await streaming.start([drain.cut_stream(r) for r in s.runs(choices, rid, None)])
-            return _stream(_chat_chunks(choices, events, cid, created, model, include_usage))
+            return _stream(_chat_chunks(s, choices, events, cid, created, model, include_usage))
         await unless_disconnected(request, s.run_all(choices, rid, None))
         return ChatCompletionResponse(
             id=cid,
@@ -183,6 +183,7 @@ async def _completion_chunks(
                 CompletionResponse(id=cid, created=created, model=model, choices=[], usage=usage(choices)).model_dump(mode="json")
             )
     except ApiError as exc:  # the status line is gone: the error travels as a chunk
+        s.generation.metrics.error(exc.type)
         yield streaming.sse(openai_body(exc))
     finally:
         await events.aclose()
@@ -190,7 +191,7 @@ async def _completion_chunks(
 
 
 async def _chat_chunks(
-    choices: list[Choice], events, cid: str, created: int, model: str, include_usage: bool
+    s: OpenAIServing, choices: list[Choice], events, cid: str, created: int, model: str, include_usage: bool
 ) -> AsyncIterator[str]:
     def chunk(choice: ChatChunkChoice) -> str:
         body = ChatCompletionChunk(id=cid, created=created, model=model, choices=[choice]).model_dump(mode="json")
@@ -223,6 +224,7 @@ async def _chat_chunks(
                 )
             )
     except ApiError as exc:
+        s.generation.metrics.error(exc.type)
         yield streaming.sse(openai_body(exc))
     finally:
         await events.aclose()

@@ -1,0 +1,57 @@
+"""`splitgpt up --monitoring`: a real Prometheus beside the stack, scraping every
+service with the project's alert rules, its URL printed, stopped with the stack."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from splitgpt.bench.local_stack import Stack, free_port_base
+from splitgpt.launcher import parse_args, plan, start_monitoring
+from tests.servers import require
+
+pytestmark = pytest.mark.system  # starts real services and a real Prometheus
+
+
+def test_without_prometheus_installed_the_stack_starts_without_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("splitgpt.launcher.find_prometheus", lambda: None)
+    args = parse_args(["--monitoring", "--no-ui", "--run-dir", str(tmp_path)])
+    assert start_monitoring(args) is None
+    assert "apt-get install prometheus" in capsys.readouterr().err
+    children, _, _ = plan(args, Path("model"))
+    assert "prometheus" not in [c.name for c in children]
+
+
+def test_up_monitoring_scrapes_every_service_and_loads_the_alert_rules(tiny_checkpoint, tmp_path):
+    require("prometheus", "prometheus")
+    prometheus_port = free_port_base(1)
+    stack = Stack(
+        tiny_checkpoint, tmp_path, partitions=2, split="0-3,3-4",
+        extra_args=["--monitoring", "--prometheus-port", str(prometheus_port)],
+    )  # fmt: skip
+    prometheus = f"http://127.0.0.1:{prometheus_port}"
+    try:
+        stack.wait_ready()
+        assert f"Prometheus: {prometheus}" in stack.log_path.read_text()
+        expected = {job: len(addresses) for job, addresses in stack.metrics_targets().items()}
+        deadline = time.monotonic() + 60
+        while True:  # the first scrape of each target comes within one interval (5 s)
+            targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            up: dict[str, int] = {}
+            for t in targets:
+                up[t["labels"]["job"]] = up.get(t["labels"]["job"], 0) + (t["health"] == "up")
+            if up == expected or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert up == expected, targets
+        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        names = {rule["name"] for group in groups for rule in group["rules"]}
+        assert {"SplitgptNodeReplicaDown", "SplitgptPartitionNoHealthyReplica"} <= names
+        assert all(rule["health"] != "err" for group in groups for rule in group["rules"])
+    finally:
+        assert stack.stop() == 0
+    with pytest.raises(httpx.HTTPError):  # stopped with the stack
+        httpx.get(f"{prometheus}/-/ready", timeout=2)
