@@ -417,10 +417,11 @@ def run_stack(client, host: str, docker_config: Path, timings: Timings) -> None:
 
             def replicas():
                 nodes = api.get("/api/cluster").json()["nodes"]
-                # the name node-1 resolves to two addresses: two replicas, node-1@<ip> each (an entry
-                # plain "node-1" may stay from a resolution that found one: it is one of those two)
-                serving = [n["id"] for n in nodes if n["partition"] == 1 and "@" in n["id"] and n["status"] == "SERVING"]
-                return len(serving) == 2, [f"{n['id']} p{n['partition']} {n['status']}" for n in nodes]
+                # the name node-1 resolves to two addresses: two replicas, node-1@<ip> each, and no more
+                # (the replica first known by the bare name, while one address resolved, is one of them)
+                part1 = [n for n in nodes if n["partition"] == 1]
+                ok = len(part1) == 2 and all("@" in n["id"] and n["status"] == "SERVING" for n in part1)
+                return ok, [f"{n['id']} p{n['partition']} {n['status']}" for n in nodes]
 
             wait_for("the coordinator routing to both replicas of partition 1", replicas, timeout=60)
             victims = client.containers.list(

@@ -34,3 +34,37 @@ async def test_an_unresolvable_name_stays_one_replica_to_be_reported(monkeypatch
 
     monkeypatch.setattr("asyncio.base_events.BaseEventLoop.getaddrinfo", no_answer)
     assert await expand_address("n", "node-9:1") == [("n", "node-9:1")]
+
+
+async def test_scaling_out_and_losing_a_replica_never_counts_one_node_twice(monkeypatch):
+    """Compose `--scale node-1=2` after a start with one: the replica first known by the
+    bare name is one of the two addresses and goes; when one replica dies and leaves
+    DNS, the survivor keeps its id and the dead one stays listed (its probes say down)."""
+    from splitgpt.core.cluster_config import ClusterConfig, NodeEntry
+    from splitgpt.shells.cluster_view import Cluster
+    from splitgpt.shells.coordinator_service import CoordinatorSettings
+
+    answers = [["10.0.0.5"], ["10.0.0.5", "10.0.0.7"], ["10.0.0.7"]]
+
+    async def resolver(self, host, port, **kw):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[0]]
+
+    monkeypatch.setattr("asyncio.base_events.BaseEventLoop.getaddrinfo", resolver)
+    config = ClusterConfig(num_partitions=1, nodes=[NodeEntry(id="node-1", address="node-1:50100", partition=0)])
+    cluster = Cluster(config, CoordinatorSettings())
+    try:
+        await cluster.refresh_replicas()
+        assert [(r.node_id, r.address) for r in cluster.router.replicas] == [("node-1", "node-1:50100")]
+        plain = cluster.router.replicas[0]
+
+        answers.pop(0)
+        await cluster.refresh_replicas()
+        assert [r.node_id for r in cluster.router.replicas] == ["node-1@10.0.0.5", "node-1@10.0.0.7"]
+        assert plain.down.is_set() and not cluster.router.usable(plain)  # sequences on it move
+        assert "node-1" in cluster.clients  # kept for the releases still to come
+
+        answers.pop(0)
+        await cluster.refresh_replicas()
+        assert [r.node_id for r in cluster.router.replicas] == ["node-1@10.0.0.5", "node-1@10.0.0.7"]
+    finally:
+        await cluster.close()

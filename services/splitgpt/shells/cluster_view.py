@@ -46,6 +46,7 @@ class Cluster:
         self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
         self.changed = asyncio.Event()
         self._next_dns = 0.0
+        self._scaled: set[str] = set()  # node entries whose name resolved to several addresses
 
     def client_for(self, replica: Replica) -> GrpcNodeClient:
         return self.clients[replica.node_id]
@@ -53,11 +54,28 @@ class Cluster:
     async def refresh_replicas(self) -> None:
         known = {r.node_id for r in self.router.replicas}
         for entry in self.config.nodes:
-            for node_id, address in await expand_address(entry.id, entry.address):
+            expanded = await expand_address(entry.id, entry.address, per_address=entry.id in self._scaled)
+            if any(node_id != entry.id for node_id, _ in expanded):
+                # Scaled out: from now on its replicas are named by address, also when
+                # one is left (a killed replica stays visible as down, the survivor keeps
+                # its id), and the replica named by the bare host name, one of these
+                # same addresses, goes: it would be counted twice.
+                self._scaled.add(entry.id)
+                self._retire(entry.id)
+            for node_id, address in expanded:
                 if node_id not in known:
                     self.router.replicas.append(Replica(node_id, address, entry.partition))
                     self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s, self.security)
                     log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
+
+    def _retire(self, node_id: str) -> None:
+        """No more routing to this replica; sequences on it move at their next step.
+        Its client stays open for the releases still to come."""
+        for replica in [r for r in self.router.replicas if r.node_id == node_id]:
+            replica.status = "RETIRED"
+            replica.down.set()
+            self.router.replicas.remove(replica)
+            log.info("replica %s is now known by its addresses", node_id)
 
     async def probe_all(self) -> None:
         if time.monotonic() >= self._next_dns:
@@ -118,8 +136,9 @@ class Cluster:
         await asyncio.gather(*(c.close() for c in self.clients.values()))
 
 
-async def expand_address(node_id: str, address: str) -> list[tuple[str, str]]:
-    """`host:port` -> one (id, address) per address the host resolves to."""
+async def expand_address(node_id: str, address: str, per_address: bool = False) -> list[tuple[str, str]]:
+    """`host:port` -> one (id, address) per address the host resolves to, each id
+    `node_id@ip`; a name with one address keeps `node_id` unless `per_address`."""
     host, _, port = address.rpartition(":")
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -131,6 +150,6 @@ async def expand_address(node_id: str, address: str) -> list[tuple[str, str]]:
     except OSError:
         return [(node_id, address)]  # unresolvable now: probed (and reported) as it is
     addresses = sorted({info[4][0] for info in infos})
-    if len(addresses) <= 1:
+    if len(addresses) <= 1 and not per_address:
         return [(node_id, address)]
     return [(f"{node_id}@{ip}", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in addresses]
