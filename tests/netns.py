@@ -122,6 +122,7 @@ class Hosts:
             assert len(ifname) <= IFNAMSIZ, ifname
         self._created_ns: list[str] = []
         self._created_links: list[str] = []
+        self._forward_rule: list[str] | None = None  # the iptables rule `_accept_forwarding` added
         self._procs: list[subprocess.Popen] = []
         self._logs: list = []
 
@@ -159,6 +160,7 @@ class Hosts:
         _ip("link", "set", self.bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0", check=False)
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
+        self._accept_forwarding()
         for name in self.names:
             ns, veth, peer = self._ns[name], self._veth[name], self._peer[name]
             _ip("netns", "add", ns)
@@ -172,6 +174,20 @@ class Hosts:
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("link", "set", veth, "master", self.bridge)
             _ip("link", "set", veth, "up")
+
+    def _accept_forwarding(self) -> None:
+        """Let traffic between this bridge's ports through the host's firewall.
+
+        Where a Docker engine runs (or ran), br_netfilter is loaded, so bridged packets
+        pass iptables' FORWARD chain, whose policy Docker sets to DROP: without this
+        rule the hosts could not reach each other. Removed again by `close`."""
+        self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        if shutil.which("iptables") is None:
+            self._forward_rule = None  # no iptables, so no FORWARD chain to pass either
+            return
+        added = subprocess.run(["iptables", "-I", *self._forward_rule], capture_output=True, text=True, timeout=10)
+        if added.returncode != 0:
+            self._forward_rule = None
 
     def close(self) -> None:
         """Kill what was spawned, then delete namespaces and links. Safe to call twice."""
@@ -201,6 +217,9 @@ class Hosts:
             if r.returncode != 0 and "No such file" not in r.stderr:
                 errors.append(f"netns {ns}: {r.stderr.strip()}")
         self._created_ns.clear()
+        if self._forward_rule:
+            subprocess.run(["iptables", "-D", *self._forward_rule], capture_output=True, timeout=10)
+            self._forward_rule = None
         if errors:
             raise NetnsError("cleanup left something behind: " + "; ".join(errors))
 

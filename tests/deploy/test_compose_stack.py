@@ -123,6 +123,7 @@ def docker_engine(timings: Timings) -> Iterator[str]:
     STATE.mkdir(parents=True, exist_ok=True)
     host = f"unix://{STATE / 'docker.sock'}"
     had_docker0 = Path("/sys/class/net/docker0").exists()
+    firewall = FirewallSnapshot()  # dockerd rewrites it (FORWARD policy DROP, br_netfilter): put back after
     pidfile = STATE / "dockerd.pid"
     stop_leftover(pidfile)
     with timings.phase("engine"):
@@ -154,6 +155,36 @@ def docker_engine(timings: Timings) -> Iterator[str]:
             log.close()
             if not had_docker0 and Path("/sys/class/net/docker0").exists():
                 subprocess.run(["ip", "link", "delete", "docker0"], check=False, capture_output=True)
+            firewall.restore()
+
+
+class FirewallSnapshot:
+    """The host's iptables rules and bridge netfilter switch as they were before dockerd.
+
+    dockerd sets the FORWARD policy to DROP, adds its chains, and loads br_netfilter
+    (bridged traffic then passes iptables); it leaves all of that behind when it stops,
+    which would cut traffic between other bridges' ports on this machine (the tests'
+    network namespaces among them)."""
+
+    BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+    def __init__(self) -> None:
+        self.tables = {tool: self._save(tool) for tool in ("iptables", "ip6tables")}
+        self.bridge_nf = self.BRIDGE_NF.read_text().strip() if self.BRIDGE_NF.exists() else "0"
+
+    @staticmethod
+    def _save(tool: str) -> str | None:
+        if shutil.which(f"{tool}-save") is None:
+            return None
+        saved = subprocess.run([f"{tool}-save"], capture_output=True, text=True, check=False)
+        return saved.stdout if saved.returncode == 0 else None
+
+    def restore(self) -> None:
+        for tool, rules in self.tables.items():
+            if rules is not None and shutil.which(f"{tool}-restore"):
+                subprocess.run([f"{tool}-restore"], input=rules, text=True, capture_output=True, check=False)
+        if self.BRIDGE_NF.exists():
+            self.BRIDGE_NF.write_text(self.bridge_nf)
 
 
 def stop_leftover(pidfile: Path) -> None:
