@@ -16,7 +16,7 @@ from splitgpt.core.engine import (
     TokenEvent,
 )
 from splitgpt.core.gpt2_partition import GPT2Partition
-from splitgpt.core.node_contract import NodeFailed, SequenceStep, StepBatch
+from splitgpt.core.node_contract import NodeFailed, SequenceStep, StepBatch, StepFailed
 from splitgpt.core.node_engine import NodeEngine
 from splitgpt.core.partitioning import even_split
 from splitgpt.core.routing import Replica, Router
@@ -348,4 +348,45 @@ async def test_a_malformed_step_fails_its_requests_without_failing_the_node(clus
         await collect(engine, GenerationRequest("bad", PROMPTS[0], 3))
     assert err.value.kind == "internal"
     assert all(r.consecutive_failures == 0 and r.circuit == "closed" for r in router.replicas)
+    await engine.close()
+
+
+class FailsOnSomeSteps(InProcessNode):
+    """The last partition answering INTERNAL (StepFailed) for steps of `poisoned` requests,
+    or for the next `transient` steps of any request."""
+
+    def __init__(self, engine: NodeEngine, poisoned: set[str] = frozenset(), transient: int = 0) -> None:
+        super().__init__(engine)
+        self.poisoned, self.transient = poisoned, transient
+
+    async def step(self, batch):
+        if self.transient > 0 or any(s.session_id in self.poisoned for s in batch.sequences):
+            self.transient -= 1
+            raise StepFailed("internal error in /splitgpt.v1.PartitionNode/Step: the server's log has the details")
+        return await super().step(batch)
+
+
+async def test_a_request_a_node_fails_on_fails_alone_and_the_node_stays_in(cluster, hf_model):
+    """A query of death must not take its partition out: before, every failure marked the
+    (only) replica down and the request was retried for minutes, failing everyone else."""
+    nodes, router = cluster
+    nodes["p2"] = FailsOnSomeSteps(nodes["p2"].engine, poisoned={"poison"})
+    engine = make_engine(cluster)
+    started = time.monotonic()
+    with pytest.raises(GenerationError) as failed:
+        await collect(engine, GenerationRequest("poison", PROMPTS[0], max_tokens=5, ignore_eos=True))
+    assert failed.value.kind == "internal" and "twice" in str(failed.value)
+    assert time.monotonic() - started < 5  # one retry, no backoff of a circuit
+    assert all(r.status == "SERVING" and r.consecutive_failures == 0 and router.usable(r) for r in router.replicas)
+    tokens, _ = await collect(engine, GenerationRequest("fine", PROMPTS[1], max_tokens=6, ignore_eos=True))
+    assert tokens == hf_greedy(hf_model, PROMPTS[1], 6)
+    await engine.close()
+
+
+async def test_a_transient_internal_error_is_retried_once_and_the_output_stays_exact(cluster, hf_model):
+    nodes, _ = cluster
+    nodes["p2"] = FailsOnSomeSteps(nodes["p2"].engine, transient=1)
+    engine = make_engine(cluster)
+    tokens, finish = await collect(engine, GenerationRequest("t", PROMPTS[2], max_tokens=8, ignore_eos=True))
+    assert tokens == hf_greedy(hf_model, PROMPTS[2], 8) and finish.finish_reason == "length"
     await engine.close()

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from splitgpt.core.sampling import SamplingSpec, filter_logits, sample, sample_with_alternatives, top_logprobs
@@ -70,3 +73,14 @@ def test_top_logprobs_skip_suppressed_tokens_and_cost_nothing_when_not_asked():
     _, _, top = sample_with_alternatives(x, [SamplingSpec(suppress=(best,), top_logprobs=30), SamplingSpec()], [0, 0])
     assert best not in [t for t, _ in top[0][:-1]] and top[0][-1][1] == float("-inf")
     assert top_logprobs(torch.log_softmax(x, -1), [0, 0]) == [(), ()]
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-39, 9.9e-6])
+def test_a_vanishing_temperature_is_greedy_not_nan(temperature):
+    """logits / 1e-300 overflows float32 to inf and softmax to NaN: torch.multinomial then
+    raised on the node (found by the hypothesis test over the API). Below 1e-5 it is argmax."""
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(0))
+    specs = [SamplingSpec(temperature=temperature, seed=7), SamplingSpec(temperature=temperature)]
+    tokens, logprobs, _ = sample_with_alternatives(logits.clone(), specs, [3, 3])
+    assert tokens == logits.argmax(-1).tolist()
+    assert all(math.isfinite(lp) for lp in logprobs)

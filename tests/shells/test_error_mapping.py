@@ -18,6 +18,7 @@ from splitgpt.core.node_contract import (
     CacheMiss,
     NodeFailed,
     NodeNotReady,
+    StepFailed,
     StepInputError,
     WrongPartition,
 )
@@ -145,7 +146,7 @@ async def test_a_status_the_servicer_chose_passes_through_and_the_server_keeps_s
         (Code.UNAVAILABLE, NodeFailed),
         (Code.DEADLINE_EXCEEDED, NodeFailed),
         (Code.RESOURCE_EXHAUSTED, NodeFailed),
-        (Code.INTERNAL, NodeFailed),
+        (Code.INTERNAL, StepFailed),  # up, but failed on this step: retried once, then the request fails
     ],
 )
 def test_a_node_status_comes_back_as_the_contract_error(code, expected):

@@ -32,7 +32,7 @@ from .generation_types import (  # noqa: F401  (re-exported: the engine's API)
     SamplingSpec,
     TokenEvent,
 )
-from .node_contract import CacheMiss, NodeClient, NodeFailed, SequenceStep, StepBatch
+from .node_contract import CacheMiss, NodeClient, NodeFailed, SequenceStep, StepBatch, StepFailed
 from .routing import NoHealthyReplica, Replica, Router
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class _Sequence:
     position: int = 0  # positions the chain's caches hold
     next_input: torch.Tensor | None = None  # None: (re)prefill the whole history
     replays: int = 0
+    step_failures: int = 0  # internal errors of nodes on its steps (StepFailed)
     started: float = field(default_factory=time.perf_counter)
     last_token_at: float = 0.0
     step_ms: dict[int, float] = field(default_factory=dict)  # this iteration, per partition
@@ -354,6 +355,9 @@ class GenerationEngine:
             for seq in group:
                 self._replay(seq, f"{replica.node_id} refused the step: {exc}", "cache_miss")
             return {}
+        except StepFailed as exc:
+            self._step_failed(replica, group, exc)
+            return {}
         except NodeFailed as exc:
             self._node_failed(replica, group, exc)
             return {}
@@ -407,7 +411,7 @@ class GenerationEngine:
             self._finish(seq, "length")
 
     def _replay(self, seq: _Sequence, why: str, reason: str) -> None:
-        """`reason`: "cache_miss" or "moved", what the replay is counted as."""
+        """`reason`: "cache_miss", "moved" or "step_failed", what the replay is counted as."""
         seq.replays += 1
         self.observer.replay(reason)
         if seq.replays > self.max_replays:
@@ -446,6 +450,18 @@ class GenerationEngine:
         # off the replica (`_route`), and that move is the replay that counts.
         for seq in group:
             seq.restart()
+
+    def _step_failed(self, replica: Replica, group: list[_Sequence], exc: StepFailed) -> None:
+        """The node is up but failed on this step: retry each sequence once from
+        position 0 (a transient fault), fail it the second time (its input is
+        what fails). The replica stays in: its probes decide whether it is down."""
+        log.warning("%s failed a step of %d sequences: %s", replica.node_id, len(group), exc)
+        for seq in group:
+            seq.step_failures += 1
+            if seq.step_failures > 1:
+                self._fail(seq, GenerationError("internal", f"{replica.node_id} failed on this request twice: {exc}"))
+            else:
+                self._replay(seq, f"{replica.node_id} failed the step: {exc}", "step_failed")
 
     def _fail(self, seq: _Sequence, exc: GenerationError) -> None:
         if not seq.done:

@@ -30,7 +30,8 @@ class GenerationObserver:
         """One Step call answered, timed by the coordinator (network included)."""
 
     def replay(self, reason: str) -> None:
-        """A sequence restarted from position 0: "cache_miss" (a node refused it) or "moved" (to another replica)."""
+        """A sequence restarted from position 0: "cache_miss" (a node refused it), "moved" (to another
+        replica) or "step_failed" (a node's internal error on its step, retried once)."""
 
     def failover(self, partition: int, node_id: str) -> None:
         """A call on this replica failed; its sequences move elsewhere."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingSpec:
@@ -21,7 +23,10 @@ class SamplingSpec:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # Below this, temperature sampling is argmax in all but name, and dividing
+        # the logits by it overflows float32 to inf (then NaN probabilities): a
+        # temperature of 1e-300 passed validation and failed the node (vLLM: _SAMPLING_EPS).
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 class GenerationError(Exception):

@@ -94,3 +94,9 @@ class NodeNotReady(Exception):
 
 class NodeFailed(Exception):
     """A node could not be reached, timed out, or failed the call: fail over."""
+
+
+class StepFailed(NodeFailed):
+    """The node answered, with an internal error on this step: it is up (its probes
+    say so), the input may be what fails. Its sequences are retried once, then fail;
+    the node is not marked down, so one poisoned request cannot take a partition out."""

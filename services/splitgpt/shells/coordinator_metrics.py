@@ -75,7 +75,7 @@ class CoordinatorMetrics(GenerationObserver):
         self._e2e = Histogram("splitgpt_coordinator_e2e_request_latency_seconds", "Admission to finish",
                               buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         # Series that exist from the start, so rates and alerts see zeros rather than nothing.
-        for reason in ("cache_miss", "moved"):
+        for reason in ("cache_miss", "moved", "step_failed"):
             self._replays.labels(reason)
         for reason in ("overloaded", "unavailable"):
             self._rejected.labels(reason)

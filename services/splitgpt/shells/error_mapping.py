@@ -29,6 +29,7 @@ from ..core.node_contract import (
     CacheMiss,
     NodeFailed,
     NodeNotReady,
+    StepFailed,
     StepInputError,
     WrongPartition,
 )
@@ -72,13 +73,16 @@ def error_from_status(code: grpc.StatusCode, details: str, address: str) -> Exce
     FAILED_PRECONDITION is a cache miss: replay. (WrongPartition shares the
     code, but a coordinator only embeds on a node whose identity it checked.)
     INVALID_ARGUMENT is a malformed step: a bug that another replica would
-    refuse alike, so it fails the requests instead of failing over. Anything
-    else (unreachable, deadline, draining, out of memory) is the node failing.
+    refuse alike, so it fails the requests instead of failing over. INTERNAL
+    is the node failing on this step while up (StepFailed: retried once, the
+    node stays in). Anything else (unreachable, deadline, draining) is the node failing.
     """
     if code == Code.FAILED_PRECONDITION:
         return CacheMiss({}, f"{address}: {details}")
     if code == Code.INVALID_ARGUMENT:
         return StepInputError(f"{address}: {details}")
+    if code == Code.INTERNAL:
+        return StepFailed(f"{address}: {details}")
     return NodeFailed(f"{address}: {code.name}: {details}")
 
 
