@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import require
 
 # What every splitgpt process exports besides its own families (docs/metrics.md).
 PROCESS_FAMILIES = {
@@ -49,18 +48,9 @@ def scrape(url: str, headers: dict[str, str] | None = None) -> Scrape:
     return Scrape(r.text)
 
 
-def promtool() -> str:
-    """Debian's `prometheus` package brings it; missing: skip, or fail under SPLITGPT_REQUIRE_REAL_SERVICES=1."""
-    exe = shutil.which("promtool")
-    if exe is None:
-        message = "promtool is not installed (apt-get install prometheus)"
-        if os.environ.get("SPLITGPT_REQUIRE_REAL_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
-
-
 def promtool_check_metrics(text: str) -> None:
     """`promtool check metrics` (the exposition lint): exit 0 and no complaint."""
-    out = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [require("promtool", "prometheus"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out.stdout + out.stderr

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.monitoring.files import metric_names
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -474,36 +476,6 @@ def panel_exprs(dashboard: dict) -> list[tuple[str, str]]:
     for p in list(panels):
         panels += p.get("panels", [])  # rows
     return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", []) if "expr" in t]
-
-
-_PROMQL_WORDS = {
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "inf",
-    "nan",
-}
-
-
-def metric_names(expr: str) -> set[str]:
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
-    e = re.sub(r"\{[^}]*\}", "", e)  # label matchers
-    e = re.sub(r"\[[^\]]*\]", "", e)  # range and subquery selectors
-    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)  # label lists
-    names = set()
-    for m in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", e):
-        if e[m.end() :].lstrip().startswith("(") or m.group(0).lower() in _PROMQL_WORDS:
-            continue  # a function or aggregation, or a keyword
-        names.add(m.group(0))
-    return names
 
 
 def test_metric_name_extraction():

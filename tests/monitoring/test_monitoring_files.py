@@ -11,9 +11,7 @@ against a real Prometheus scraping a running stack.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 import yaml
 
 from splitgpt.monitoring import local_prometheus
+from tests.servers import require
 
 from .files import (
     ALERTS,
@@ -75,16 +74,6 @@ REQUIRED_ALERTS = {
 }
 
 
-def promtool() -> str:
-    exe = shutil.which("promtool")
-    if exe is None:
-        message = "promtool is not installed (apt-get install prometheus)"
-        if os.environ.get("SPLITGPT_REQUIRE_REAL_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
-
-
 def run(argv: list[str]) -> str:
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
@@ -104,13 +93,13 @@ def allowed_name(name: str) -> bool:
 
 
 def test_prometheus_config_and_rules_pass_promtool():
-    out = run([promtool(), "check", "config", "prometheus/prometheus.yml"])
+    out = run([require("promtool", "prometheus"), "check", "config", "prometheus/prometheus.yml"])
     assert "1 rule files found" in out  # alerts.yml, next to the config as in the container
-    run([promtool(), "check", "rules", "prometheus/alerts.yml"])
+    run([require("promtool", "prometheus"), "check", "rules", "prometheus/alerts.yml"])
 
 
 def test_alert_unit_tests_pass():
-    out = run([promtool(), "test", "rules", str(ALERTS_TEST.relative_to(ROOT))])
+    out = run([require("promtool", "prometheus"), "test", "rules", str(ALERTS_TEST.relative_to(ROOT))])
     assert "SUCCESS" in out
 
 
@@ -222,7 +211,7 @@ def test_dashboard_queries_and_variables_parse_as_promql(tmp_path):
     rules += [{"record": f"variable:{name}", "expr": expr} for name, expr in variable_queries(board)]
     file = tmp_path / "dashboard-rules.yml"
     file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    run([promtool(), "check", "rules", str(file)])
+    run([require("promtool", "prometheus"), "check", "rules", str(file)])
 
 
 def test_dashboard_uses_the_datasource_variable_defaulting_to_the_provisioned_prometheus():
@@ -272,7 +261,7 @@ def test_local_config_scrapes_the_same_jobs_and_passes_promtool(tmp_path):
     api = next(job for job in config["scrape_configs"] if job["job_name"] == "splitgpt-api")
     assert api["authorization"] == {"type": "Bearer", "credentials": "secret"}
     assert path.stat().st_mode & 0o077 == 0
-    out = run([promtool(), "check", "config", str(path)])
+    out = run([require("promtool", "prometheus"), "check", "config", str(path)])
     assert "1 rule files found" in out
 
 
