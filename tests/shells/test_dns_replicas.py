@@ -68,3 +68,46 @@ async def test_scaling_out_and_losing_a_replica_never_counts_one_node_twice(monk
         assert [r.node_id for r in cluster.router.replicas] == ["node-1@10.0.0.5", "node-1@10.0.0.7"]
     finally:
         await cluster.close()
+
+
+async def test_a_replica_gone_from_dns_and_down_is_retired_after_the_grace_and_a_dns_outage_changes_nothing(monkeypatch):
+    """A pod replaced with a new address (Kubernetes) or a container scaled away leaves a
+    dead entry: after GONE_FROM_DNS_GRACE_S it goes, or a replica alert would fire forever.
+    One still SERVING stays; a name that stops resolving keeps what is known."""
+    from splitgpt.core.cluster_config import ClusterConfig, NodeEntry
+    from splitgpt.shells.cluster_view import GONE_FROM_DNS_GRACE_S, Cluster
+    from splitgpt.shells.coordinator_service import CoordinatorSettings
+
+    answer: list[str] | None = ["10.0.0.5", "10.0.0.7"]
+
+    async def resolver(self, host, port, **kw):
+        if answer is None:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answer]
+
+    monkeypatch.setattr("asyncio.base_events.BaseEventLoop.getaddrinfo", resolver)
+    now = [1000.0]
+    cluster = Cluster(
+        ClusterConfig(num_partitions=1, nodes=[NodeEntry(id="n", address="n:1", partition=0)]), CoordinatorSettings()
+    )
+    cluster._clock = lambda: now[0]
+    ids = lambda: [r.node_id for r in cluster.router.replicas]  # noqa: E731
+    try:
+        await cluster.refresh_replicas()
+        for replica in cluster.router.replicas:
+            replica.status = "SERVING"
+        answer = None  # DNS out: nothing added, nothing dropped
+        await cluster.refresh_replicas()
+        assert ids() == ["n@10.0.0.5", "n@10.0.0.7"]
+
+        answer = ["10.0.0.7", "10.0.0.9"]  # .5 replaced by .9
+        await cluster.refresh_replicas()
+        assert ids() == ["n@10.0.0.5", "n@10.0.0.7", "n@10.0.0.9"]
+        now[0] += GONE_FROM_DNS_GRACE_S + 1
+        await cluster.refresh_replicas()
+        assert ids() == ["n@10.0.0.5", "n@10.0.0.7", "n@10.0.0.9"]  # still SERVING: kept
+        cluster.router.replicas[0].status = "UNREACHABLE"
+        await cluster.refresh_replicas()
+        assert ids() == ["n@10.0.0.7", "n@10.0.0.9"]
+    finally:
+        await cluster.close()

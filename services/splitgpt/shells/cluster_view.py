@@ -29,6 +29,11 @@ if TYPE_CHECKING:  # the settings' module imports this one
 log = logging.getLogger("splitgpt.coordinator")
 
 
+# A replica whose address left DNS and which is down goes after this long: time for the
+# replica alerts (`for: 1m`) to fire and be seen, and for a restart at the same address.
+GONE_FROM_DNS_GRACE_S = 300.0
+
+
 class Cluster:
     """The configured replicas, kept current by grpc.health.v1 probes.
 
@@ -47,6 +52,8 @@ class Cluster:
         self.changed = asyncio.Event()
         self._next_dns = 0.0
         self._scaled: set[str] = set()  # node entries whose name resolved to several addresses
+        self._gone_since: dict[str, float] = {}  # replica id -> when its address left DNS
+        self._clock = time.monotonic
 
     def client_for(self, replica: Replica) -> GrpcNodeClient:
         return self.clients[replica.node_id]
@@ -54,28 +61,47 @@ class Cluster:
     async def refresh_replicas(self) -> None:
         known = {r.node_id for r in self.router.replicas}
         for entry in self.config.nodes:
-            expanded = await expand_address(entry.id, entry.address, per_address=entry.id in self._scaled)
+            scaled = entry.id in self._scaled
+            expanded = await expand_address(entry.id, entry.address, per_address=scaled)
+            if scaled and [node_id for node_id, _ in expanded] == [entry.id]:
+                continue  # the name does not resolve just now: keep its replicas, the probes tell their health
             if any(node_id != entry.id for node_id, _ in expanded):
                 # Scaled out: from now on its replicas are named by address, also when
                 # one is left (a killed replica stays visible as down, the survivor keeps
                 # its id), and the replica named by the bare host name, one of these
                 # same addresses, goes: it would be counted twice.
                 self._scaled.add(entry.id)
-                self._retire(entry.id)
+                for replica in [r for r in self.router.replicas if r.node_id == entry.id]:
+                    self._retire(replica, "is now known by its addresses")
+                self._forget_gone(entry.id, {node_id for node_id, _ in expanded})
             for node_id, address in expanded:
                 if node_id not in known:
                     self.router.replicas.append(Replica(node_id, address, entry.partition))
                     self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s, self.security)
                     log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
 
-    def _retire(self, node_id: str) -> None:
+    def _forget_gone(self, entry_id: str, present: set[str]) -> None:
+        """Retire the replicas of a scaled name whose address has left DNS and that are
+        down, once that has lasted GONE_FROM_DNS_GRACE_S: a pod or container that was
+        replaced (with a new address) or scaled away. Until then it shows as down (and
+        the replica alerts fire); one still answering its probes is never retired."""
+        now = self._clock()
+        for replica in [r for r in self.router.replicas if r.node_id.startswith(f"{entry_id}@")]:
+            if replica.node_id in present:
+                self._gone_since.pop(replica.node_id, None)
+                continue
+            since = self._gone_since.setdefault(replica.node_id, now)
+            if now - since >= GONE_FROM_DNS_GRACE_S and not self.router.usable(replica):
+                self._gone_since.pop(replica.node_id)
+                self._retire(replica, f"left DNS {now - since:.0f}s ago and is down")
+
+    def _retire(self, replica: Replica, why: str) -> None:
         """No more routing to this replica; sequences on it move at their next step.
         Its client stays open for the releases still to come."""
-        for replica in [r for r in self.router.replicas if r.node_id == node_id]:
-            replica.status = "RETIRED"
-            replica.down.set()
-            self.router.replicas.remove(replica)
-            log.info("replica %s is now known by its addresses", node_id)
+        replica.status = "RETIRED"
+        replica.down.set()
+        self.router.replicas.remove(replica)
+        log.info("replica %s %s: retired", replica.node_id, why)
 
     async def probe_all(self) -> None:
         if time.monotonic() >= self._next_dns:
