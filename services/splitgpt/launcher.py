@@ -272,12 +272,15 @@ def start_monitoring(args: argparse.Namespace) -> str | None:
     if not args.metrics_port_base:
         say("--monitoring with --metrics-port-base 0: Prometheus scrapes the API alone")
     rules = [REPO_ALERTS] if REPO_ALERTS.is_file() else []
-    from .api.auth import ADMIN_PREFIX
+    from .api.auth import ADMIN_PREFIX, configured_keys
+    from .api.settings import ApiSettings
 
     # With API keys set the API's /metrics needs one too: Prometheus presents the first
-    # (SPLITGPT_API_KEYS only; with a keys file, scrape with a key of your own).
-    keys = [k.strip().removeprefix(ADMIN_PREFIX).strip() for k in os.environ.get("SPLITGPT_API_KEYS", "").split(",")]
-    keys = [k for k in keys if k]
+    # configured (SPLITGPT_API_KEYS, then SPLITGPT_API_KEYS_FILE), read as the API reads them.
+    try:
+        keys = [key.removeprefix(ADMIN_PREFIX).strip() for key in configured_keys(ApiSettings())]
+    except (ValueError, OSError):
+        keys = []  # the API refuses these settings itself when it starts, and says why
     directory = (args.run_dir / "prometheus").resolve()
     write_local_config(
         directory, metrics_targets(args), scrape_interval_s=5.0, rules_files=rules, api_key=keys[0] if keys else None

@@ -3,6 +3,7 @@ service with the project's alert rules, its URL printed, stopped with the stack.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -55,3 +56,18 @@ def test_up_monitoring_scrapes_every_service_and_loads_the_alert_rules(tiny_chec
         assert stack.stop() == 0
     with pytest.raises(httpx.HTTPError):  # stopped with the stack
         httpx.get(f"{prometheus}/-/ready", timeout=2)
+
+
+def test_with_api_keys_prometheus_presents_one_as_the_api_reads_them(monkeypatch, tmp_path):
+    """The API's /metrics needs a key once keys are set: the first configured one, from the
+    keys file too, without its admin: prefix."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# operators\nadmin:first-key-from-the-file-0123456789\nsecond-key-0123456789abcdef\n")
+    monkeypatch.delenv("SPLITGPT_API_KEYS", raising=False)
+    monkeypatch.setenv("SPLITGPT_API_KEYS_FILE", str(keys_file))
+    monkeypatch.setattr("splitgpt.launcher.find_prometheus", lambda: "/usr/bin/prometheus")
+    args = parse_args(["--monitoring", "--no-ui", "--run-dir", str(tmp_path / "run")])
+    assert start_monitoring(args) == "http://127.0.0.1:9090"
+    config = json.loads((tmp_path / "run" / "prometheus" / "prometheus.yml").read_text().split("\n", 1)[1])
+    api_job = next(job for job in config["scrape_configs"] if job["job_name"] == "splitgpt-api")
+    assert api_job["authorization"] == {"type": "Bearer", "credentials": "first-key-from-the-file-0123456789"}

@@ -82,6 +82,11 @@ class KeyRing:
 
 def load_keys(settings: ApiSettings) -> KeyRing:
     """SPLITGPT_API_KEYS (comma-separated) and SPLITGPT_API_KEYS_FILE (one a line, `#` comments), together."""
+    return KeyRing(configured_keys(settings))
+
+
+def configured_keys(settings: ApiSettings) -> list[str]:
+    """The keys as configured (`admin:` prefixes kept); refuses a configuration that holds none."""
     keys: list[str] = []
     if settings.keys is not None:
         keys += [k.strip() for k in settings.keys.get_secret_value().split(",") if k.strip()]
@@ -93,7 +98,7 @@ def load_keys(settings: ApiSettings) -> KeyRing:
     if (settings.keys is not None or settings.keys_file) and not keys:
         # Configured, but empty: an open gateway here would be a surprise, so refuse to start.
         raise ValueError("SPLITGPT_API_KEYS / SPLITGPT_API_KEYS_FILE is set but holds no key")
-    return KeyRing(keys)
+    return keys
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
