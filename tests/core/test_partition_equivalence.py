@@ -153,9 +153,19 @@ def test_thread_budget_divides_the_host_among_micro_batches_in_flight(tiny_check
     before = torch.get_num_threads()
     try:
         x = part.embed([464, 2068], 0)
+        # The tiny model's blocks (kilobytes) compute for less than a barrier's wait: one thread.
+        assert not part.blocks_parallel
+        engine.step(StepBatch([SequenceStep("a", 0, 2)], x, concurrent_steps=1))
+        assert torch.get_num_threads() == 1
+        part.blocks_parallel = True  # as a partition with megabytes of block weights is
         engine.step(StepBatch([SequenceStep("a", 0, 2)], x, concurrent_steps=2))
         assert torch.get_num_threads() == 1
         engine.step(StepBatch([SequenceStep("b", 0, 2)], x, concurrent_steps=1))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_gpt2_small_blocks_are_worth_several_threads(gpt2_small_checkpoint):
+    (part,) = [GPT2Partition.from_checkpoint(gpt2_small_checkpoint, 0, 1, holds_head=False)]
+    assert part.blocks_parallel

@@ -428,15 +428,22 @@ class GenerationEngine:
             call.close()
             raise NodeFailed(f"{replica.node_id} is marked down")
         task = asyncio.ensure_future(call)
-        down = asyncio.ensure_future(replica.down.wait())
+        cut = False
+
+        def on_down() -> None:
+            nonlocal cut
+            cut = True
+            task.cancel()
+
+        forget = replica.down.on_set(on_down)
         try:
-            await asyncio.wait([task, down], return_when=asyncio.FIRST_COMPLETED)
+            return await task
+        except asyncio.CancelledError:
+            if cut:  # not this coroutine's own cancellation: the replica went down
+                raise NodeFailed(f"{replica.node_id} was marked down while the call was in flight") from None
+            raise
         finally:
-            down.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        raise NodeFailed(f"{replica.node_id} was marked down while the call was in flight")
+            forget()
 
     def _node_failed(self, replica: Replica, group: list[_Sequence], exc: Exception) -> None:
         """Mark the replica; its sequences move to another replica and replay there."""

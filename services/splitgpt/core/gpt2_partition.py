@@ -21,6 +21,7 @@ from transformers import GPT2Config
 from .checkpoint import CheckpointIndex, load_config, partition_tensor_names
 from .kv_cache import SessionKV
 from .linear_kernels import (
+    PARALLEL_MIN_WEIGHT_BYTES,
     Linear,
     head_product,
     make_linear,
@@ -72,6 +73,9 @@ class GPT2Partition:
         self.parameter_count = sum(v.numel() for v in t.values())
         self.parameter_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.blocks = [self._block(t, i) for i in range(start, end)]
+        # Whether a step is worth several threads (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES).
+        block_weight_bytes = 4 * config.n_embd * config.n_embd * torch.finfo(dtype).bits // 8
+        self.blocks_parallel = block_weight_bytes >= PARALLEL_MIN_WEIGHT_BYTES
         if holds_head:
             self.wte, self.wpe = t["wte.weight"], t["wpe.weight"]
             self.ln_f = (t["ln_f.weight"], t["ln_f.bias"])
@@ -153,9 +157,9 @@ class GPT2Partition:
         an iteration: at decode each op's dispatch costs about as much as its
         arithmetic. Queries, new keys/values and the output are per-head views
         made once for the whole step; per sequence there is one cache append,
-        then at decode two bmm products (for one query row 1.2-1.5x faster
-        than scaled_dot_product_attention, whose setup dominates at that
-        size) and for a prefill chunk the fused kernel.
+        then at a float32 decode two bmm products (for one query row 1.2-1.5x
+        faster than scaled_dot_product_attention, whose setup dominates at
+        that size) and otherwise the fused kernel.
         """
         d, nh, hd = self.hidden_size, self.n_heads, self.head_dim
         qkv = block.c_attn(x)  # [rows, 3d]: q | k | v
@@ -164,21 +168,25 @@ class GPT2Partition:
         new_kv = qkv[:, d:].view(rows, 2, nh, hd).permute(1, 2, 0, 3)  # [2, heads, rows, hd]
         out = torch.empty(rows, nh, hd, dtype=qkv.dtype, device=qkv.device)
         heads_out = out.transpose(0, 1)  # [heads, rows, hd], a view of out
+        # One query row in float32: two bmm products. In bfloat16 the CPU's bmm
+        # copies its operands first (4-11x slower than the fused kernel at 16-1000
+        # positions here), so a bf16 decode takes the fused kernel, like a prefill.
+        decode_by_bmm = qkv.dtype == torch.float32
         offset = 0
         for n, cache in zip(lengths, caches, strict=True):
             end = offset + n
             keys, values = cache.append(local, new_kv[:, :, offset:end])  # each [heads, T, hd]
-            if n == 1:  # decode: one query sees the whole history
+            if n == 1 and decode_by_bmm:  # decode: one query sees the whole history
                 scores = torch.bmm(queries[:, offset:end], keys.transpose(1, 2))  # [heads, 1, T]
                 if block.attn_scale != 1.0:
                     scores.mul_(block.attn_scale)
                 torch.bmm(scores.softmax(-1), values, out=heads_out[:, offset:end])
-            else:  # prefill, or a chunk after a cached prefix: query i sees keys up to T - n + i
+            else:  # prefill, a chunk after a cached prefix, or a bf16 decode: query i sees keys up to T - n + i
                 past = keys.shape[1] - n
-                mask = None if past == 0 else torch.ones(n, past + n, dtype=torch.bool, device=self.device).tril(past)
+                mask = None if past == 0 or n == 1 else torch.ones(n, past + n, dtype=torch.bool, device=self.device).tril(past)
                 heads_out[:, offset:end] = F.scaled_dot_product_attention(
                     queries[None, :, offset:end], keys[None], values[None],
-                    attn_mask=mask, is_causal=mask is None, scale=block.attn_scale,
+                    attn_mask=mask, is_causal=past == 0 and n > 1, scale=block.attn_scale,
                 )[0]  # fmt: skip
             offset = end
         return block.attn_proj(out.view(rows, d))

@@ -30,6 +30,20 @@ class Linear(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+# A partition whose block weights are at least this large runs its steps on
+# several threads; one with smaller blocks on one thread. A parallel region
+# ends at a barrier that waits for its slowest thread, and on a host whose
+# cores other processes share (the other nodes, the coordinator, the gateway)
+# that thread is often preempted: measured on the 2-core box with one other
+# process busy, a 2-block decode step of the tiny model (64 wide, kilobytes
+# of weights) took 0.6 ms on one thread and 17 ms on two. A product that
+# streams megabytes of weights gains from a second core (25 against 14 GB/s
+# at one row), enough to pay for its barriers. The rule is per partition, not
+# per product: changing the thread count between products parks and wakes the
+# OpenMP team each time.
+PARALLEL_MIN_WEIGHT_BYTES = 1 << 20
+
+
 def onednn_available(device: torch.device, dtype: torch.dtype) -> bool:
     return (
         device.type == "cpu"

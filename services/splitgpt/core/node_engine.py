@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,8 +48,7 @@ class NodeEngine:
         self, partition: GPT2Partition, kv_max_tokens: int, kv_ttl_s: float, threads: ThreadBudget | None = None
     ) -> None:
         self.partition = partition
-        self.threads = threads
-        self.threads_last_step = torch.get_num_threads()
+        self.threads = threads or ThreadBudget(torch.get_num_threads())
         self.observer: NodeStepObserver = NO_NODE_OBSERVER  # a shell sets its own once serving
         self.cache = KVCacheStore(
             n_layers=partition.n_local_layers,
@@ -119,12 +119,16 @@ class NodeEngine:
         return StepResult(token_ids=tokens, logprobs=logprobs, top_logprobs=top, next_input=next_input)
 
     def _set_threads(self, concurrent_steps: int) -> None:
-        if self.threads is None:
-            return
-        n = self.threads.for_step(concurrent_steps)
-        if n != self.threads_last_step:
-            torch.set_num_threads(n)  # cheap: the OpenMP team is kept, only its size changes
-            self.threads_last_step = n
+        """This step's threads: the budget's share when the partition's blocks are
+        large, else one (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES says why)."""
+        n = self.threads.for_step(concurrent_steps) if self.partition.blocks_parallel else 1
+        # An OpenMP thread count belongs to the calling thread (steps run on the
+        # event loop's or the worker's), and a process must set it once even to
+        # the count torch reports: until set, oneDNN ran a [1, 768] x [768, 3072]
+        # product 20x slower here than after setting the very same 2.
+        if getattr(_thread_state, "threads", None) != n or torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+            _thread_state.threads = n
 
     def _validate(self, batch: StepBatch) -> int:
         """Everything a step's sender controls, checked before any allocation: a
@@ -171,6 +175,7 @@ class NodeEngine:
 
 
 MAX_SESSION_ID_CHARS = 512
+_thread_state = threading.local()  # the thread count each thread last set (_set_threads)
 
 
 def _check_sampling(s: SequenceStep, vocab: int) -> None:

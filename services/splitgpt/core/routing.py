@@ -23,6 +23,25 @@ class NoHealthyReplica(Exception):
         super().__init__(f"partition {partition} has no SERVING node")
 
 
+class DownEvent(asyncio.Event):
+    """An Event that also calls back when set: a step waiting on the replica
+    gives up through a callback, with no task of its own per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: set[Callable[[], None]] = set()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when the event is set; returns what unregisters it."""
+        self._callbacks.add(callback)
+        return lambda: self._callbacks.discard(callback)
+
+    def set(self) -> None:
+        super().set()
+        for callback in list(self._callbacks):
+            callback()
+
+
 @dataclass(eq=False)  # identity: a replica is a live thing, not a value
 class Replica:
     node_id: str
@@ -36,7 +55,7 @@ class Replica:
     missed_probes: int = 0  # consecutive probes that got no answer
     open_until: float = 0.0  # circuit open (not routed to) until this monotonic time
     # Set while the replica is unusable, so steps waiting on it give up at once.
-    down: asyncio.Event = field(default_factory=asyncio.Event)
+    down: DownEvent = field(default_factory=DownEvent)
 
     def usable(self, now: float) -> bool:
         return self.status == "SERVING" and now >= self.open_until

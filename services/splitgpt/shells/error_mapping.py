@@ -86,17 +86,35 @@ def error_from_status(code: grpc.StatusCode, details: str, address: str) -> Exce
     return NodeFailed(f"{address}: {code.name}: {details}")
 
 
+def status_and_details(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """What a client is told of `exc`: its mapped status and message, or, for an
+    exception the table does not know (a bug), INTERNAL and where, with the
+    traceback in this server's log only."""
+    code = status_for(exc)
+    if code is None:
+        log.error("%s failed", method, exc_info=exc)
+        return Code.INTERNAL, INTERNAL_DETAILS.format(method=method)
+    details = str(exc)
+    if code == Code.INTERNAL:
+        log.error("%s failed: %s", method, details)
+    return code, details
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The status as its wire number (a field of a streamed reply)."""
+    return code.value[0]
+
+
+def code_from_number(number: int) -> grpc.StatusCode:
+    return _CODES_BY_NUMBER.get(number, Code.UNKNOWN)
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str):
     """Raises grpc.aio.AbortError, which ends the call with the mapped status."""
-    code = status_for(exc)
-    if code is None:  # a bug: the traceback is for the log, the client learns where
-        log.error("%s failed", method, exc_info=exc)
-        code, details = Code.INTERNAL, INTERNAL_DETAILS.format(method=method)
-    else:
-        details = str(exc)
-        if code == Code.INTERNAL:
-            log.error("%s failed: %s", method, details)
-    await context.abort(code, details)
+    await context.abort(*status_and_details(exc, method))
 
 
 def _mapped_call(behavior: Callable[..., Awaitable], method: str) -> Callable[..., Awaitable]:

@@ -1,7 +1,9 @@
 """`core.node_contract.NodeClient` over gRPC: one channel per node, a deadline on every call.
 
-A failed call raises the contract's exceptions (CacheMiss, StepInputError,
-NodeFailed), mapped from its status in one place: `error_mapping.error_from_status`.
+Steps travel over one long-lived StepStream per node (`step_stream.StepStream`),
+the rest as unary calls. A failed call or step raises the contract's exceptions
+(CacheMiss, StepInputError, NodeFailed), mapped from its status in one place:
+`error_mapping.error_from_status`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .convert import fill_tensor, sampling_to_proto, tensor_from_proto
 from .error_mapping import error_from_status
 from .grpc_runtime import client_channel
 from .internal_auth import InternalSecurity
+from .step_stream import StepStream
 
 
 class GrpcNodeClient:
@@ -26,6 +29,7 @@ class GrpcNodeClient:
         self.channel = client_channel(address, security, add_token=False)
         self._metadata = security.call_metadata if security is not None else None
         self.stub = node_pb2_grpc.PartitionNodeStub(self.channel)
+        self.steps = StepStream(self.stub, self._metadata, address, timeout_s)
 
     async def info(self, timeout_s: float | None = None) -> node_pb2.NodeInfo:
         return await self._call(self.stub.Info, node_pb2.NodeInfoRequest(), timeout_s)
@@ -50,7 +54,7 @@ class GrpcNodeClient:
             concurrent_steps=batch.concurrent_steps,
         )
         fill_tensor(request.hidden, batch.hidden)
-        reply = await self._call(self.stub.Step, request)
+        reply = await self.steps.step(request)
         return StepResult(
             hidden=tensor_from_proto(reply.hidden) if reply.HasField("hidden") else None,
             token_ids=[r.token_id for r in reply.results],
@@ -69,4 +73,5 @@ class GrpcNodeClient:
             raise error_from_status(exc.code(), exc.details(), self.address) from exc
 
     async def close(self) -> None:
+        self.steps.close()
         await self.channel.close()

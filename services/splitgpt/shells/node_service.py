@@ -27,6 +27,7 @@ from ..logs import configure
 from ..rpc import node_pb2, node_pb2_grpc
 from .cli_settings import settings_from_cli
 from .convert import fill_tensor, sampling_from_proto, tensor_from_proto, tensor_to_proto
+from .error_mapping import code_number, status_and_details
 from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 from .metrics_http import MetricsPortError, serve_metrics
@@ -34,6 +35,13 @@ from .node_metrics import NodeMetrics
 
 log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
+# A step of at most this many rows x parameters runs on the event loop itself:
+# the hand-off to the torch worker thread and back costs two thread wake-ups
+# (0.1-0.5 ms on a loaded host), more than a decode step of a small partition
+# computes. About 10 ms of compute on one core of this machine; a larger step
+# (a prefill, a big batch, a big model) goes to the worker, so health probes
+# and the next request are never kept waiting behind it.
+INLINE_STEP_MAX_ROW_PARAMETERS = 150_000_000
 
 
 class NodeSettings(InternalSecuritySettings):
@@ -144,6 +152,21 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         return node_pb2.EmbedResponse(hidden=[tensor_to_proto(h) for h in hidden])
 
     async def Step(self, request, context):
+        return await self._step(request)
+
+    async def StepStream(self, requests, context):
+        """Steps in arrival order, each answered on the stream with its tag; a step that
+        fails is answered with its status (error_mapping), and the stream goes on."""
+        async for request in requests:
+            try:
+                reply = await self._step(request)
+            except Exception as exc:  # this step's answer, as a unary Step would end
+                code, details = status_and_details(exc, "/splitgpt.v1.PartitionNode/StepStream")
+                reply = node_pb2.StepResponse(error_code=code_number(code), error_detail=details)
+            reply.tag = request.tag
+            yield reply
+
+    async def _step(self, request: node_pb2.StepRequest) -> node_pb2.StepResponse:
         started = time.perf_counter()
         engine = self.engine
         batch = StepBatch(
@@ -151,7 +174,10 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             tensor_from_proto(request.hidden),
             concurrent_steps=max(1, request.concurrent_steps),
         )
-        result = await self._run(engine.step, batch)
+        if batch.hidden.shape[0] * engine.partition.parameter_count <= INLINE_STEP_MAX_ROW_PARAMETERS:
+            result = engine.step(batch)  # a small step: cheaper than the hand-off to the worker and back
+        else:
+            result = await self._run(engine.step, batch)
         reply = node_pb2.StepResponse(
             results=[
                 node_pb2.SequenceResult(session_id=s.session_id, token_id=t, logprob=lp)
