@@ -13,6 +13,8 @@ REPLICAS ?= 1
 API_PORT ?= 8000
 GRPC_PORT_BASE ?= 50050
 UI_PORT ?= 5173
+# What the nodes compute in: float32 (exact), or bfloat16 (half the weights and wire bytes; README: bf16)
+DTYPE ?= float32
 # More `splitgpt up` options, e.g. make up UP_FLAGS=--monitoring (a Prometheus too)
 UP_FLAGS ?=
 TINY_MODEL := models/tiny-gpt2
@@ -35,7 +37,7 @@ $(STUBS) &: $(PROTOS) $(INSTALLED)
 stubs: $(STUBS)
 
 up: stubs
-	MODEL_ID=$(MODEL_ID) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS) --api-port $(API_PORT) --grpc-port-base $(GRPC_PORT_BASE) --ui-port $(UI_PORT) $(UP_FLAGS)
+	MODEL_ID=$(MODEL_ID) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS) --api-port $(API_PORT) --grpc-port-base $(GRPC_PORT_BASE) --ui-port $(UI_PORT) --dtype $(DTYPE) $(UP_FLAGS)
 
 # Offline: a small random GPT-2 with the real GPT-2 tokenizer, written by transformers.
 $(TINY_MODEL)/config.json: | $(INSTALLED)
@@ -44,7 +46,7 @@ $(TINY_MODEL)/config.json: | $(INSTALLED)
 tiny-model: $(TINY_MODEL)/config.json
 
 up-tiny: stubs tiny-model
-	MODEL_ID=$(TINY_MODEL) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS) --api-port $(API_PORT) --grpc-port-base $(GRPC_PORT_BASE) --ui-port $(UI_PORT) $(UP_FLAGS)
+	MODEL_ID=$(TINY_MODEL) $(BIN)/splitgpt up --partitions $(PARTITIONS) --replicas $(REPLICAS) --api-port $(API_PORT) --grpc-port-base $(GRPC_PORT_BASE) --ui-port $(UI_PORT) --dtype $(DTYPE) $(UP_FLAGS)
 
 # The web UI's npm dependencies, exactly as frontend/package-lock.json pins them: its
 # Vitest and browser tests run under pytest (tests/ui/), which skips them without npm.

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from splitgpt.bench.local_stack import Stack, free_port_base
+from splitgpt.launcher import parse_args, plan
+from splitgpt.shells.cli_settings import settings_from_cli
+from splitgpt.shells.node_service import NodeSettings
 
-pytestmark = pytest.mark.system  # starts real services as processes
+system = pytest.mark.system  # starts real services as processes
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def listening(port: int) -> bool:
@@ -25,6 +31,7 @@ def listening(port: int) -> bool:
     return True
 
 
+@system
 def test_unreachable_hub_fails_at_start_naming_the_offline_way(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "splitgpt.cli", "up", "--model", "gpt2", "--run-dir", str(tmp_path)],
@@ -38,6 +45,7 @@ def test_unreachable_hub_fails_at_start_naming_the_offline_way(tmp_path):
     assert "make up-tiny" in r.stderr and "splitgpt tiny-model" in r.stderr and "MODEL_ID=" in r.stderr
 
 
+@system
 def test_up_serves_two_partitions_and_sigterm_stops_every_child(tiny_checkpoint, tmp_path):
     stack = Stack(tiny_checkpoint, tmp_path, partitions=2, split="0-3,3-4")
     try:
@@ -55,6 +63,7 @@ def test_up_serves_two_partitions_and_sigterm_stops_every_child(tiny_checkpoint,
     assert not any(listening(port) for port in ports)  # every child is gone
 
 
+@system
 def test_a_split_that_does_not_fit_the_model_is_refused_before_anything_starts(tiny_checkpoint, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "splitgpt.cli", "up", "--model", str(tiny_checkpoint), "--partitions", "2",
@@ -65,6 +74,7 @@ def test_a_split_that_does_not_fit_the_model_is_refused_before_anything_starts(t
     assert "range 0 starts at block 1, expected 0" in r.stderr
 
 
+@system
 @pytest.mark.parametrize("taken, flag", [("api", "--api-port"), ("node", "--grpc-port-base")])
 def test_a_port_in_use_is_named_with_the_option_that_moves_it_before_anything_starts(tiny_checkpoint, tmp_path, taken, flag):
     base, api_port = free_port_base(60), free_port_base(1)
@@ -96,6 +106,7 @@ def test_up_help_shows_every_default_and_so_do_the_services(capsys):
         assert exited.value.code == 0 and expected in out and "(default:" in out, out
 
 
+@system
 def test_a_killed_node_is_reported_and_restarted(tiny_checkpoint, tmp_path):
     stack = Stack(tiny_checkpoint, tmp_path, partitions=1, restart=True, env={"SPLITGPT_COORDINATOR_HEALTH_INTERVAL_S": "0.3"})
     try:
@@ -119,3 +130,49 @@ def test_a_killed_node_is_reported_and_restarted(tiny_checkpoint, tmp_path):
         assert stack.stop() == 0
     log = stack.log_path.read_text()
     assert "splitgpt up: part0-r0 was killed by SIGKILL (signal 9); restarting it in 1s (restart 1 of 5)" in log
+
+
+def node_settings(argv: list[str]) -> NodeSettings:
+    """What a node child makes of its command line (`splitgpt node ...`), as its main does."""
+    return settings_from_cli(NodeSettings, argv[argv.index("node") + 1 :], "splitgpt node", "")
+
+
+def test_dtype_reaches_every_node_and_float32_is_the_default(monkeypatch):
+    monkeypatch.delenv("SPLITGPT_NODE_DTYPE", raising=False)
+    for flags, dtype in (([], "float32"), (["--dtype", "bfloat16"], "bfloat16"), (["--dtype", "float32"], "float32")):
+        children, _, _ = plan(parse_args([*flags, "--replicas", "2", "--no-ui"]), Path("model"))
+        nodes = [c for c in children if c.name.startswith("part")]
+        assert len(nodes) == 6
+        for child in nodes:
+            assert node_settings(child.argv).dtype == dtype, child.argv
+        # the nodes' setting only: no other service takes it
+        assert all("--dtype" not in c.argv for c in children if c not in nodes)
+    # the nodes' own environment variable sets the default; the flag wins over it
+    monkeypatch.setenv("SPLITGPT_NODE_DTYPE", "bfloat16")
+    assert parse_args([]).dtype == "bfloat16" and parse_args(["--dtype", "float32"]).dtype == "float32"
+
+
+def test_a_dtype_the_nodes_do_not_serve_is_refused(monkeypatch, capsys):
+    monkeypatch.delenv("SPLITGPT_NODE_DTYPE", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--dtype", "float16"])
+    assert exited.value.code == 2 and "invalid choice: 'float16'" in capsys.readouterr().err
+    monkeypatch.setenv("SPLITGPT_NODE_DTYPE", "bf16")
+    with pytest.raises(SystemExit) as exited:
+        parse_args([])
+    assert exited.value.code == 2 and "SPLITGPT_NODE_DTYPE='bf16'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("target", ["up", "up-tiny"])
+def test_make_up_passes_dtype(target):
+    """`make up DTYPE=bfloat16` (and up-tiny): --dtype on the splitgpt up line; float32 unless given."""
+
+    def up_line(*variables: str) -> str:
+        out = subprocess.run(["make", "-n", target, *variables], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        (line,) = [line for line in out.stdout.splitlines() if "splitgpt up " in line]
+        return line
+
+    assert "--dtype float32" in up_line()
+    assert "--dtype bfloat16" in up_line("DTYPE=bfloat16")

@@ -32,6 +32,9 @@ from .supervisor import Child, RestartPolicy, Supervisor
 FRONT, COORDINATION, BACKENDS = 0, 1, 2
 # The Makefile variable that sets an option of `make up`.
 MAKE_VARIABLES = {"--api-port": "API_PORT", "--grpc-port-base": "GRPC_PORT_BASE"}
+# What the nodes compute in (`--dtype`; the nodes' own setting, SPLITGPT_NODE_DTYPE). Every node
+# of a stack takes the same: a node refuses hidden states in another dtype than its own.
+NODE_DTYPES = ("float32", "bfloat16")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,6 +78,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--micro-batches", type=int, default=0, help="in flight at once (pipeline parallelism); 0: min(partitions, cores)"
     )
+    p.add_argument(
+        "--dtype",
+        choices=NODE_DTYPES,
+        default=os.environ.get("SPLITGPT_NODE_DTYPE", "float32"),
+        help="what every node holds its weights and KV cache in and sends between nodes (env SPLITGPT_NODE_DTYPE). "
+        "float32: exactly Hugging Face's tokens; bfloat16: half the weight memory and wire bytes, native on CPUs with "
+        "avx512_bf16/AMX, greedy tokens may part from float32's at near-ties (README: bf16)",
+    )
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the whole stack to become ready")
     p.add_argument(
         "--shutdown-grace",
@@ -94,7 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="mutual TLS on every gRPC hop, with a throwaway CA and certificates written to RUN_DIR/tls",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dtype not in NODE_DTYPES:  # a default from the environment skips argparse's own check
+        p.error(f"SPLITGPT_NODE_DTYPE={args.dtype!r}: --dtype must be one of {', '.join(NODE_DTYPES)}")
+    return args
 
 
 def inside_env(args: argparse.Namespace) -> dict[str, str]:
@@ -214,7 +228,7 @@ def plan(
                 node.id,
                 me + ["node", "--node-id", node.id, "--partition", str(node.partition),
                       "--num-partitions", str(args.partitions), "--split", args.split,
-                      "--host", host, "--port", port, "--torch-threads", str(threads), *divide,
+                      "--host", host, "--port", port, "--dtype", args.dtype, "--torch-threads", str(threads), *divide,
                       *metrics_flag(node.id)],
                 node_env,
                 tier=BACKENDS, stop_signal=signal.SIGINT, port=int(port), port_flag=grpc_port,
@@ -343,7 +357,8 @@ async def run(args: argparse.Namespace) -> int:
         say(str(exc))
         return 2
     children, cluster, config_path = plan(args, model_dir, inside_env(args))
-    print(f"splitgpt up: {args.model}, {config.n_layer} blocks in {args.partitions} partitions: {ranges}", flush=True)
+    blocks = f"{config.n_layer} blocks in {args.partitions} partitions: {ranges}"
+    print(f"splitgpt up: {args.model}, {blocks}, {args.dtype}", flush=True)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     cluster.dump(config_path)
     print("splitgpt up: Prometheus metrics:\n  " + "\n  ".join(metrics_urls(args)), flush=True)

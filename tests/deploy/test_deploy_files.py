@@ -422,6 +422,22 @@ def test_compose_cluster_config_matches_the_nodes(monkeypatch):
     assert api["REDIS_URL"].startswith("redis://redis:6379/")
 
 
+def compose_node_dtypes(monkeypatch, env: dict[str, str]) -> dict[str, str]:
+    doc = interpolate(yaml.safe_load(COMPOSE.read_text()), env)
+    nodes = {n: s for n, s in splitgpt_services(doc).items() if argv_of(s.get("command"))[:1] == ["node"]}
+    return {n: load_settings(settings_classes()["node"], compose_env(s), monkeypatch).dtype for n, s in nodes.items()}
+
+
+def test_compose_nodes_share_one_dtype_float32_unless_dtype_says(monkeypatch):
+    """A node refuses hidden states in another dtype than its own: DTYPE sets all three at once."""
+    from splitgpt.launcher import NODE_DTYPES
+
+    for env, dtype in (({}, "float32"), ({"DTYPE": "bfloat16"}, "bfloat16")):
+        assert compose_node_dtypes(monkeypatch, env) == {"node-0": dtype, "node-1": dtype, "node-2": dtype}
+        assert dtype in NODE_DTYPES
+    assert "SPLITGPT_NODE_DTYPE" in load_compose(COMPOSE)["x-node-env"]
+
+
 def test_compose_model_default_works_offline():
     doc = load_compose(COMPOSE)
     init = doc["services"]["model-init"]
@@ -638,6 +654,9 @@ def test_k8s_cluster_config_matches_the_partition_statefulsets(monkeypatch):
         assert settings.num_partitions == config.num_partitions and settings.split == config.split
         partitions.add(settings.partition)
     assert partitions == set(range(config.num_partitions))
+    # one dtype for every partition (a node refuses hidden states in another), float32 as shipped
+    dtypes = {k8s_env(sts["spec"]["template"]["spec"]["containers"][0], configmaps).get("SPLITGPT_NODE_DTYPE") for sts in sets}
+    assert dtypes == {"float32"}, "each node manifest sets SPLITGPT_NODE_DTYPE, the same in all"
     coordinator = next(w for w, _ in pod_templates() if w["metadata"]["name"] == "splitgpt-coordinator")
     (c,) = coordinator["spec"]["template"]["spec"]["containers"]
     settings = load_settings(settings_classes()["coordinator"], k8s_env(c, configmaps), monkeypatch)
