@@ -3,6 +3,7 @@ and each node status back as the contract's exception (error_mapping.error_from_
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -96,3 +97,45 @@ async def test_a_node_that_is_gone_or_still_loading_has_failed(tiny_checkpoint):
                 await call
         await client.close()
         await loading.stop(0)
+
+
+async def test_steps_share_one_stream_and_a_failed_step_leaves_it_open(clients, tiny_checkpoint):
+    """Steps travel on one long-lived StepStream: replies find their own step
+    when several are in flight, and a step's own failure (a cache miss) is that
+    step's exception, not the end of the stream."""
+
+    first, _ = clients
+    engine = load_engine(settings(tiny_checkpoint, 0))
+    batches = [StepBatch([SequenceStep(sid, 0, n)], torch.randn(n, 64)) for sid, n in (("p", 3), ("q", 1), ("r", 2))]
+    results = await asyncio.gather(*(first.step(b) for b in batches))
+    for batch, result in zip(batches, results, strict=True):
+        torch.testing.assert_close(result.hidden, engine.step(batch).hidden)
+    stream = first.steps._call
+    with pytest.raises(CacheMiss):
+        await first.step(StepBatch([SequenceStep("ghost", 5, 1)], torch.zeros(1, 64)))
+    after = await first.step(StepBatch([SequenceStep("p", 3, 1)], torch.zeros(1, 64)))
+    assert after.hidden.shape == (1, 64)
+    assert first.steps._call is stream  # the same stream throughout
+
+
+async def test_a_node_restarted_on_its_port_is_reached_by_a_new_stream(tiny_checkpoint):
+    server = await start(settings(tiny_checkpoint, 0))
+    port = server.port
+    client = GrpcNodeClient(f"127.0.0.1:{port}", timeout_s=5)
+    step = StepBatch([SequenceStep("s", 0, 1)], torch.zeros(1, 64))
+    await client.step(step)
+    await server.stop(0)
+    with pytest.raises(NodeFailed):
+        await client.step(step)
+    restarted = await start(settings(tiny_checkpoint, 0).model_copy(update={"port": port}))
+    try:
+        for _ in range(50):  # the channel reconnects within its 1 s backoff cap
+            try:
+                result = await client.step(step)
+                break
+            except NodeFailed:
+                await asyncio.sleep(0.1)
+        assert result.hidden.shape == (1, 64)
+    finally:
+        await client.close()
+        await restarted.stop(0)
