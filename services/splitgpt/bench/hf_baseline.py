@@ -2,8 +2,10 @@
 
 It runs as its own process (`python -m splitgpt.bench.hf_baseline`) so its
 thread pool and memory start clean, like a user's single-process server. It
-loads the model once and then measures on request, one JSON line in and one
-out, so the benchmark can interleave baseline and stack measurements: on a
+loads the model once, in the dtype it is given (float32, bfloat16: the dtype
+of the stack's nodes it is compared with), and then measures on request, one
+JSON line in and one out, so the benchmark can interleave baseline and stack
+measurements: on a
 shared machine whose speed drifts by tens of percent over minutes, each ratio
 then compares two numbers taken seconds apart.
 """
@@ -39,10 +41,12 @@ def timed_generate(model, batch: int, prompt_len: int, new_tokens: int, seed: in
 
 
 class Measurer:
-    def __init__(self, model_dir: str, threads: int, new_tokens: int, prompt_len: int) -> None:
+    def __init__(self, model_dir: str, threads: int, new_tokens: int, prompt_len: int, dtype: str = "float32") -> None:
         torch.set_num_threads(threads)
         self.threads, self.new_tokens, self.prompt_len = threads, new_tokens, prompt_len
-        self.model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+        self.model = GPT2LMHeadModel.from_pretrained(model_dir, torch_dtype=getattr(torch, dtype)).eval()
+        # What the weights really are, for the report (not the dtype asked for).
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         timed_generate(self.model, 1, prompt_len, 4)  # warm-up
 
     def single_stream(self, repeats: int, seed: int) -> dict:
@@ -59,7 +63,7 @@ class Measurer:
         return {"batch": size, "output_tokens_per_s": size * self.new_tokens / seconds, "seconds": seconds}
 
     def serve(self, inp, out) -> None:
-        out.write(json.dumps({"ready": True, "threads": self.threads}) + "\n")
+        out.write(json.dumps({"ready": True, "threads": self.threads, "dtype": self.dtype}) + "\n")
         out.flush()
         for line in inp:
             cmd = json.loads(line)
@@ -76,13 +80,29 @@ class Measurer:
 class HFBaseline:
     """The parent's handle on a baseline process."""
 
-    def __init__(self, model_dir: Path, threads: int, new_tokens: int, prompt_tokens: int = 16) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int,
+        new_tokens: int,
+        prompt_tokens: int = 16,
+        dtype: str = "float32",
+        wait: bool = True,
+    ) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "splitgpt.bench.hf_baseline", str(model_dir), "--threads", str(threads),
-             "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens)],
+             "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens), "--dtype", dtype],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        self._read()  # {"ready": true}, once the model is loaded and warm
+        self.threads = self.dtype = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until the model is loaded and warm (`wait=False` lets the caller start other things meanwhile)."""
+        if self.dtype is None:
+            ready = self._read()  # {"ready": true, "threads": ..., "dtype": ...}
+            self.threads, self.dtype = ready["threads"], ready["dtype"]
 
     def single_stream(self, repeats: int = 3, seed: int = 0) -> dict:
         return self._ask({"op": "single", "repeats": repeats, "seed": seed})
@@ -113,8 +133,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--dtype", default="float32", help="the weights' and activations' dtype (float32, bfloat16)")
     args = p.parse_args()
-    Measurer(args.model_dir, args.threads, args.new_tokens, args.prompt_tokens).serve(sys.stdin, sys.stdout)
+    Measurer(args.model_dir, args.threads, args.new_tokens, args.prompt_tokens, args.dtype).serve(sys.stdin, sys.stdout)
 
 
 if __name__ == "__main__":
