@@ -118,6 +118,11 @@ class NodeEngine:
         next_input = next_input.masked_fill(past_end.unsqueeze(1), 0.0)
         return StepResult(token_ids=tokens, logprobs=logprobs, top_logprobs=top, next_input=next_input)
 
+    def inline_worthy(self, rows: int, max_row_parameters: int) -> bool:
+        """Whether a step of `rows` rows is cheaper run on the caller's thread than
+        handed to a worker: single-threaded (small blocks) and small (the shell's rule)."""
+        return not self.partition.blocks_parallel and rows * self.partition.parameter_count <= max_row_parameters
+
     def _set_threads(self, concurrent_steps: int) -> None:
         """This step's threads: the budget's share when the partition's blocks are
         large, else one (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES says why)."""

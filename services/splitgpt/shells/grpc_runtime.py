@@ -14,6 +14,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from .error_mapping import ErrorMappingInterceptor
 from .internal_auth import InternalSecurity
+from .main_thread import SignalRelay
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class GrpcServer:
         while self.on_stop:
             self.on_stop.pop()()
 
-    async def run_until_signal(self, grace_s: float = 5.0, drain_s: float = 0.0) -> None:
+    async def run_until_signal(self, grace_s: float = 5.0, drain_s: float = 0.0, relay: SignalRelay | None = None) -> None:
         """Serve until SIGTERM or SIGINT, then report NOT_SERVING and stop,
         letting calls in flight finish within `grace_s`.
 
@@ -98,7 +99,8 @@ class GrpcServer:
         serving for `drain_s`, so that clients probing health move their work
         elsewhere. SIGINT skips that wait: a person at a terminal, or `splitgpt
         up` stopping the backends once their clients are gone. A second signal
-        ends the calls still in flight at once.
+        ends the calls still in flight at once. `relay`: the signals, where
+        this loop runs on another thread than the main one.
         """
         loop = asyncio.get_running_loop()
         first: asyncio.Future[int] = loop.create_future()
@@ -110,8 +112,11 @@ class GrpcServer:
             else:
                 first.set_result(sig)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+        if relay is not None:  # this loop is not on the main thread (shells.main_thread)
+            relay.attach(loop, on_signal)
+        else:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal, sig)
         sig = await first
         drain_s = drain_s if sig == signal.SIGTERM else 0.0
         log.info("%s: %s: draining (NOT_SERVING for %.1fs, then %.1fs grace)", self.service_name, signal.Signals(sig).name, drain_s, grace_s)  # fmt: skip

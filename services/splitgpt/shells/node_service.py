@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import torch
 from pydantic import Field
@@ -30,17 +31,21 @@ from .convert import fill_tensor, sampling_from_proto, tensor_from_proto, tensor
 from .error_mapping import code_number, status_and_details
 from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
+from .main_thread import MainThreadExecutor, SignalRelay
 from .metrics_http import MetricsPortError, serve_metrics
 from .node_metrics import NodeMetrics
 
 log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
-# A step of at most this many rows x parameters runs on the event loop itself:
-# the hand-off to the torch worker thread and back costs two thread wake-ups
-# (0.1-0.5 ms on a loaded host), more than a decode step of a small partition
-# computes. About 10 ms of compute on one core of this machine; a larger step
-# (a prefill, a big batch, a big model) goes to the worker, so health probes
-# and the next request are never kept waiting behind it.
+# A step of a partition with small blocks (one thread: linear_kernels.
+# PARALLEL_MIN_WEIGHT_BYTES) and at most this many rows x parameters runs on
+# the event loop itself: the hand-off to the torch worker thread and back costs
+# two thread wake-ups, more than such a step computes. A multi-threaded step
+# stays on the worker: run on the loop's thread, a GPT-2-small decode step of
+# one row made the stack's single stream 53 ms/token instead of 42 (measured
+# here; the loop's other threads, gRPC's poller among them, then preempt the
+# OpenMP team at its barriers). So does a large step (a prefill, a big batch),
+# so that health probes and the next request never wait behind it.
 INLINE_STEP_MAX_ROW_PARAMETERS = 150_000_000
 
 
@@ -108,6 +113,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         self._engine: NodeEngine | None = None  # set once the weights are loaded
         # One worker: torch work is serialised per node and never blocks the loop.
         self.executor = executor
+        self._queued = 0  # calls handed to the executor and not finished
 
     @property
     def engine(self) -> NodeEngine:
@@ -119,7 +125,11 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         self._engine = engine
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self._queued -= 1
 
     async def Info(self, request, context):
         p = self.engine.partition
@@ -174,7 +184,9 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             tensor_from_proto(request.hidden),
             concurrent_steps=max(1, request.concurrent_steps),
         )
-        if batch.hidden.shape[0] * engine.partition.parameter_count <= INLINE_STEP_MAX_ROW_PARAMETERS:
+        # Inline only while the executor has nothing of this engine's: the engine is
+        # not thread-safe, and the loop checks and runs this with nothing in between.
+        if not self._queued and engine.inline_worthy(batch.hidden.shape[0], INLINE_STEP_MAX_ROW_PARAMETERS):
             result = engine.step(batch)  # a small step: cheaper than the hand-off to the worker and back
         else:
             result = await self._run(engine.step, batch)
@@ -200,10 +212,12 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         return node_pb2.ReleaseResponse(released=released)
 
 
-async def start(settings: NodeSettings) -> GrpcServer:
-    """Bind and report NOT_SERVING at once, load the weights, then SERVING."""
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
+async def start(settings: NodeSettings, executor: Executor | None = None) -> GrpcServer:
+    """Bind and report NOT_SERVING at once, load the weights, then SERVING.
+
+    `executor` runs the torch work, one call at a time: the process's main
+    thread in `main` (shells.main_thread says why), else a worker thread of its own.
+    """
     server = GrpcServer(SERVICE_NAME, settings.host, settings.port, InternalSecurity.from_settings(settings))
     # Before the weights load: a loading node is visible (up, no splitgpt_node_info yet).
     metrics = NodeMetrics(settings)
@@ -211,7 +225,7 @@ async def start(settings: NodeSettings) -> GrpcServer:
     metrics_server = serve_metrics(metrics.registry, settings.metrics_host or settings.host, settings.metrics_port, "node")
     if metrics_server is not None:
         server.on_stop.append(metrics_server.close)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+    executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     servicer = PartitionNodeServicer(settings, executor)
     server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
     await server.start()
@@ -233,16 +247,33 @@ async def start(settings: NodeSettings) -> GrpcServer:
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(NodeSettings, argv, "splitgpt node", "Serve one partition of the model.")
     configure(settings.log_level)
+    compute = MainThreadExecutor()
+    relay = SignalRelay()
+    relay.install()
+    failed: list[BaseException] = []
 
     async def run() -> None:
-        server = await start(settings)
-        await server.run_until_signal(drain_s=settings.drain_s)
+        server = await start(settings, compute)
+        await server.run_until_signal(drain_s=settings.drain_s, relay=relay)
 
-    try:
-        asyncio.run(run())
-    except (ModelSourceError, PartitionError, InternalSecurityError, MetricsPortError) as exc:
-        log.error("%s cannot start: %s", settings.node_id, exc)
-        raise SystemExit(2) from None
+    def serve() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # re-raised on the main thread below
+            failed.append(exc)
+        finally:
+            compute.shutdown()
+
+    server_thread = threading.Thread(target=serve, name="grpc-loop")
+    server_thread.start()
+    compute.serve()  # torch work on this, the main thread, until the server's loop ends
+    server_thread.join()
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, (ModelSourceError, PartitionError, InternalSecurityError, MetricsPortError)):
+            log.error("%s cannot start: %s", settings.node_id, exc)
+            raise SystemExit(2) from None
+        raise exc
 
 
 def _sampling(step: node_pb2.SequenceStep):
