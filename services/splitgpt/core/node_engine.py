@@ -127,8 +127,8 @@ class NodeEngine:
         """This step's threads: the budget's share when the partition's blocks are
         large, else one (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES says why)."""
         n = self.threads.for_step(concurrent_steps) if self.partition.blocks_parallel else 1
-        # An OpenMP thread count belongs to the calling thread (steps run on the
-        # event loop's or the worker's), and a process must set it once even to
+        # An OpenMP thread count belongs to the calling thread (a node's steps run on
+        # its main thread, small ones on its event loop's), and a process must set it once even to
         # the count torch reports: until set, oneDNN ran a [1, 768] x [768, 3072]
         # product 20x slower here than after setting the very same 2.
         if getattr(_thread_state, "threads", None) != n or torch.get_num_threads() != n:
