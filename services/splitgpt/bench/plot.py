@@ -44,7 +44,7 @@ def plot(results: dict, path: Path) -> None:
     ax2.grid(alpha=0.3)
     hop = results["hop"]
     fig.suptitle(
-        f"splitgpt bench, {results['model']}, {results['machine']} ({results['date']}); "
+        f"splitgpt bench, {results['model']}, {results['machine']} ({results['date']})\n"
         f"per hop: {hop['ratio']:.2f}x, {hop['overhead_ms_per_extra_partition']:.1f} ms per extra partition",
         fontsize="medium",
     )
