@@ -39,9 +39,9 @@ log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
 # A step of a partition with small blocks (one thread: linear_kernels.
 # PARALLEL_MIN_WEIGHT_BYTES) and at most this many rows x parameters runs on
-# the event loop itself: the hand-off to the torch worker thread and back costs
-# two thread wake-ups, more than such a step computes. A multi-threaded step
-# stays on the worker: run on the loop's thread, a GPT-2-small decode step of
+# the event loop itself: the hand-off to the torch thread (the main thread, in
+# `main`) and back costs two thread wake-ups, more than such a step computes. A
+# multi-threaded step stays on the torch thread: run on the loop's, a GPT-2-small decode step of
 # one row made the stack's single stream 53 ms/token instead of 42 (measured
 # here; the loop's other threads, gRPC's poller among them, then preempt the
 # OpenMP team at its barriers). So does a large step (a prefill, a big batch),
@@ -108,10 +108,11 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
 
 
 class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
-    def __init__(self, settings: NodeSettings, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, settings: NodeSettings, executor: Executor) -> None:
         self.settings = settings
         self._engine: NodeEngine | None = None  # set once the weights are loaded
-        # One worker: torch work is serialised per node and never blocks the loop.
+        # One worker (the main thread in `main`): torch work is serialised per node
+        # and, beyond the small steps above, never blocks the loop.
         self.executor = executor
         self._queued = 0  # calls handed to the executor and not finished
 
