@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from splitgpt.bench.local_stack import free_port_base, wait_until_ready
+from splitgpt.bench.local_stack import Stack, free_port_base, wait_until_ready
 
 
 def require(binary: str, package: str = "redis-server") -> str:
@@ -22,6 +23,17 @@ def require(binary: str, package: str = "redis-server") -> str:
     if os.environ.get("SPLITGPT_REQUIRE_REAL_SERVICES"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def running(stack: Stack):
+    """A stack that `splitgpt up` has started, ready; on leaving, stopped, and stopped cleanly."""
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        code = stack.stop()
+        assert code == 0, stack.log_path.read_text()[-3000:]
 
 
 class RedisServer:

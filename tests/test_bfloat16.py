@@ -46,6 +46,7 @@ from splitgpt.core.node_contract import SequenceStep, StepBatch
 from splitgpt.core.node_engine import NodeEngine
 from splitgpt.core.partitioning import even_split
 from tests.metrics_text import scrape
+from tests.servers import running
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -208,13 +209,10 @@ def test_bf16_partitions_pick_hf_bf16s_token_at_every_position_but_near_ties(tin
 @pytest.fixture(scope="module")
 def bf16_stack(tiny_checkpoint, tmp_path_factory):
     """`splitgpt up --dtype bfloat16`: tokenizer, 3 bfloat16 nodes, coordinator, API."""
-    s = Stack(tiny_checkpoint, tmp_path_factory.mktemp("bf16-stack"), partitions=3, extra_args=["--dtype", "bfloat16"])
-    try:
-        s.wait_ready()
+    with running(
+        Stack(tiny_checkpoint, tmp_path_factory.mktemp("bf16-stack"), partitions=3, extra_args=["--dtype", "bfloat16"])
+    ) as s:
         yield s
-    finally:
-        code = s.stop()
-        assert code == 0, s.log_path.read_text()[-3000:]
 
 
 def body(text: str, n: int) -> dict:

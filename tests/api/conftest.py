@@ -5,18 +5,14 @@ import openai
 import pytest
 
 from splitgpt.bench.local_stack import Stack
+from tests.servers import running
 
 
 @pytest.fixture(scope="session")
 def stack(tiny_checkpoint, tmp_path_factory):
     """The whole stack through `splitgpt up`: tokenizer, 3 nodes, coordinator, API."""
-    s = Stack(tiny_checkpoint, tmp_path_factory.mktemp("stack"))
-    try:
-        s.wait_ready()
+    with running(Stack(tiny_checkpoint, tmp_path_factory.mktemp("stack"))) as s:
         yield s
-    finally:
-        code = s.stop()
-        assert code == 0, s.log_path.read_text()[-3000:]
 
 
 @pytest.fixture

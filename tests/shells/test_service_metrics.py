@@ -17,6 +17,7 @@ from splitgpt.bench.local_stack import Stack
 from splitgpt.rpc import tokenizer_pb2, tokenizer_pb2_grpc
 from splitgpt.shells.grpc_runtime import client_channel
 from tests.metrics_text import PROCESS_FAMILIES, Scrape, promtool_check_metrics, scrape
+from tests.servers import running
 
 NODE_FAMILIES = {
     "splitgpt_node_info": "gauge",
@@ -75,12 +76,8 @@ MAX_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def stack(tiny_checkpoint, tmp_path_factory):
-    s = Stack(tiny_checkpoint, tmp_path_factory.mktemp("metrics-stack"))
-    try:
-        s.wait_ready()
+    with running(Stack(tiny_checkpoint, tmp_path_factory.mktemp("metrics-stack"))) as s:
         yield s
-    finally:
-        assert s.stop() == 0, s.log_path.read_text()[-3000:]
 
 
 def urls(stack: Stack) -> dict[str, list[str]]:
