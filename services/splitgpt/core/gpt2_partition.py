@@ -73,9 +73,10 @@ class GPT2Partition:
         self.parameter_count = sum(v.numel() for v in t.values())
         self.parameter_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.blocks = [self._block(t, i) for i in range(start, end)]
-        # Whether a step is worth several threads (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES).
-        block_weight_bytes = 4 * config.n_embd * config.n_embd * torch.finfo(dtype).bits // 8
-        self.blocks_parallel = block_weight_bytes >= PARALLEL_MIN_WEIGHT_BYTES
+        # Whether a step is worth several threads: by its largest block matrix, the
+        # MLP's d x 4d (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES).
+        largest = max(v.numel() * v.element_size() for name, v in t.items() if name.startswith("h."))
+        self.blocks_parallel = largest >= PARALLEL_MIN_WEIGHT_BYTES
         if holds_head:
             self.wte, self.wpe = t["wte.weight"], t["wpe.weight"]
             self.ln_f = (t["ln_f.weight"], t["ln_f.bias"])
