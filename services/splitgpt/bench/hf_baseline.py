@@ -5,9 +5,8 @@ thread pool and memory start clean, like a user's single-process server. It
 loads the model once, in the dtype it is given (float32, bfloat16: the dtype
 of the stack's nodes it is compared with), and then measures on request, one
 JSON line in and one out, so the benchmark can interleave baseline and stack
-measurements: on a
-shared machine whose speed drifts by tens of percent over minutes, each ratio
-then compares two numbers taken seconds apart.
+measurements: on a shared machine whose speed drifts by tens of percent over
+minutes, each ratio then compares two numbers taken seconds apart.
 """
 
 from __future__ import annotations
