@@ -32,7 +32,16 @@ from .generation_types import (  # noqa: F401  (re-exported: the engine's API)
     SamplingSpec,
     TokenEvent,
 )
-from .node_contract import CacheMiss, NodeClient, NodeFailed, SequenceStep, StepBatch, StepFailed
+from .node_contract import (
+    CacheMiss,
+    ChainClient,
+    ChainStepFailed,
+    NodeClient,
+    NodeFailed,
+    SequenceStep,
+    StepBatch,
+    StepFailed,
+)
 from .routing import NoHealthyReplica, Replica, Router
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,9 @@ class _Sequence:
     done: bool = False
     lane: _Lane | None = None
     parked_since: float | None = None  # waiting for a partition to have a usable replica
+    # A relayed step of it failed with nothing to say which node: it goes on in the
+    # star, where every failure names its node, so a hung node is found and avoided.
+    unrelayed: bool = False
 
     @property
     def session_id(self) -> str:
@@ -100,9 +112,13 @@ class GenerationEngine:
         max_queue: int = 256,
         unavailable_grace_s: float = 10.0,
         observer: GenerationObserver = NO_GENERATION_OBSERVER,
+        relay: ChainClient | None = None,
     ) -> None:
         self.router = router
         self.client_for = client_for
+        # Relay: the nodes pass a step's rows along the chain themselves (two legs
+        # per token for the coordinator, not two per partition); None: the star.
+        self.relay = relay
         self.eos_token_id = eos_token_id
         self.n_ctx = n_ctx
         self.vocab_size = vocab_size
@@ -266,6 +282,18 @@ class GenerationEngine:
             await asyncio.sleep(0.05)  # every sequence waits for a replica: don't spin
             return
         rows = await self._inputs(ready)
+        if self.relay is not None and self.router.num_partitions > 1:
+            relayed = {s: r for s, r in rows.items() if not s.unrelayed}
+            starred = {s: r for s, r in rows.items() if s.unrelayed}
+            chains = _group(list(relayed), lambda s: tuple(s.chain))
+            await asyncio.gather(
+                *(self._step_chain(chain, group, relayed) for chain, group in chains.items()), self._run_star(starred)
+            )
+            return
+        await self._run_star(rows)
+
+    async def _run_star(self, rows: dict[_Sequence, torch.Tensor]) -> None:
+        """The coordinator calls each partition in turn (rows go out and come back every time)."""
         for partition in range(self.router.num_partitions - 1):
             if not rows:
                 return
@@ -379,6 +407,85 @@ class GenerationEngine:
             top = result.top_logprobs[i] if i < len(result.top_logprobs) else ()
             self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1], top)
         return {}
+
+    async def _step_chain(self, chain: tuple[Replica, ...], group: list[_Sequence], rows) -> None:
+        """One relayed step of `group` through its whole chain (core.node_contract.ChainClient)."""
+        group = [s for s in group if not s.done]
+        if not group:
+            return
+        batch = StepBatch(
+            [SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s)) for s in group],
+            torch.cat([rows[s] for s in group]),
+            concurrent_steps=self._lanes_in_flight,
+        )
+        for replica in chain:
+            replica.in_flight += len(group)
+        try:
+            result = await self._unless_chain_down(chain, self.relay.step([self.client_for(r) for r in chain], batch))
+        except ChainStepFailed as exc:
+            self._chain_failed(chain, group, exc)
+            return
+        finally:
+            for replica in chain:
+                replica.in_flight -= len(group)
+        for partition, (replica, ms) in enumerate(zip(chain, result.partition_ms, strict=False)):
+            self.router.record_success(replica, ms)
+            self.observer.step(partition, replica.node_id, ms / 1000)
+        for seq in group:
+            if seq.done:  # cancelled during the step, whose caches may postdate the release
+                for replica in chain:
+                    self._release_in_background(replica, seq.session_id)
+            for partition, ms in enumerate(result.partition_ms):
+                seq.step_ms[partition] = ms
+                seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
+        for i, (seq, step) in enumerate(zip(group, batch.sequences, strict=True)):
+            seq.position = step.position + step.length
+            top = result.top_logprobs[i] if i < len(result.top_logprobs) else ()
+            self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1], top)
+
+    def _chain_failed(self, chain: tuple[Replica, ...], group: list[_Sequence], exc: ChainStepFailed) -> None:
+        """As a star step to the node the failure names would have failed."""
+        cause = exc.cause
+        if exc.index is None:
+            for seq in group:
+                seq.unrelayed = True
+                self._replay(seq, f"a relayed step failed: {cause}", "step_failed")
+            return
+        replica = chain[exc.index]
+        if isinstance(cause, CacheMiss):
+            for seq in group:
+                self._replay(seq, f"{replica.node_id} refused the step: {cause}", "cache_miss")
+        elif isinstance(cause, StepFailed):
+            self._step_failed(replica, group, cause)
+        elif isinstance(cause, NodeFailed):
+            self._node_failed(replica, group, cause)
+        else:  # a malformed step: as in the star, the iteration fails these requests
+            raise cause
+
+    async def _unless_chain_down(self, chain: tuple[Replica, ...], call):
+        """`_unless_down` for every replica of a chain: the first marked down ends the step."""
+        for index, replica in enumerate(chain):
+            if replica.down.is_set():
+                call.close()
+                raise ChainStepFailed(index, NodeFailed(f"{replica.node_id} is marked down"))
+        task = asyncio.ensure_future(call)
+        cut: list[int] = []
+
+        def on_down(index: int) -> None:
+            cut.append(index)
+            task.cancel()
+
+        forgets = [replica.down.on_set(lambda i=i: on_down(i)) for i, replica in enumerate(chain)]
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if cut:
+                node = chain[cut[0]].node_id
+                raise ChainStepFailed(cut[0], NodeFailed(f"{node} was marked down while the step was in flight")) from None
+            raise
+        finally:
+            for forget in forgets:
+                forget()
 
     # -- per sequence ---------------------------------------------------------
 

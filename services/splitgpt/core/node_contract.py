@@ -48,6 +48,7 @@ class StepResult:
     # last: each sequence's most likely (token id, log-probability) pairs, when its sampling asked for them
     top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     next_input: torch.Tensor | None = None  # ... and its embedding at the next position: [sequences, d]
+    partition_ms: list[float] = field(default_factory=list)  # a relayed step: each partition's compute, in order
 
 
 class NodeClient(Protocol):
@@ -56,6 +57,14 @@ class NodeClient(Protocol):
     async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]: ...
     async def step(self, batch: StepBatch) -> StepResult: ...
     async def release(self, session_ids: list[str]) -> None: ...
+
+
+class ChainClient(Protocol):
+    """Relay: one step through a whole chain of nodes, which pass the rows on
+    among themselves; the last answers (its StepResult, with `partition_ms`).
+    Raises ChainStepFailed."""
+
+    async def step(self, chain: list[NodeClient], batch: StepBatch) -> StepResult: ...
 
 
 # -- errors -------------------------------------------------------------------
@@ -100,3 +109,13 @@ class StepFailed(NodeFailed):
     """The node answered, with an internal error on this step: it is up (its probes
     say so), the input may be what fails. Its sequences are retried once, then fail;
     the node is not marked down, so one poisoned request cannot take a partition out."""
+
+
+class ChainStepFailed(Exception):
+    """A relayed step failed: `cause` is what a star step to the node at chain index
+    `index` would have raised (CacheMiss, StepFailed, NodeFailed, ...); `index`
+    is None when nothing says which node it was (a deadline)."""
+
+    def __init__(self, index: int | None, cause: Exception) -> None:
+        self.index, self.cause = index, cause
+        super().__init__(f"{'' if index is None else f'partition {index}: '}{cause}")

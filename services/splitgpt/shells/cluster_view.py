@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from ..core.cluster_config import ClusterConfig
@@ -22,6 +23,7 @@ from ..rpc import node_pb2
 from .grpc_runtime import probe_health
 from .internal_auth import InternalSecurity
 from .node_client import GrpcNodeClient
+from .step_stream import StepTable
 
 if TYPE_CHECKING:  # the settings' module imports this one
     from .coordinator_service import CoordinatorSettings
@@ -48,6 +50,9 @@ class Cluster:
         self.security = security  # the token and TLS of every node client
         self.router = Router(config.num_partitions, strategy=settings.routing)
         self.clients: dict[str, GrpcNodeClient] = {}
+        # One tag space for every node stream; with relay, each stream registers
+        # as this coordinator's listener (a fresh id per process: shells.relay).
+        self.steps = StepTable(f"coordinator-{uuid.uuid4().hex[:12]}" if settings.relay else None)
         self.model: node_pb2.NodeInfo | None = None  # the last partition's view of the model
         self.changed = asyncio.Event()
         self._next_dns = 0.0
@@ -77,7 +82,7 @@ class Cluster:
             for node_id, address in expanded:
                 if node_id not in known:
                     self.router.replicas.append(Replica(node_id, address, entry.partition))
-                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s, self.security)
+                    self.clients[node_id] = GrpcNodeClient(address, self.settings.step_timeout_s, self.security, self.steps)
                     log.info("replica %s at %s serves partition %d", node_id, address, entry.partition)
 
     def _forget_gone(self, entry_id: str, present: set[str]) -> None:

@@ -51,7 +51,7 @@ class CoordinatorMetrics(GenerationObserver):
         self._iteration = Histogram("splitgpt_coordinator_iteration_duration_seconds",
                                     "One iteration through the whole chain", buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self._step = Histogram("splitgpt_coordinator_step_duration_seconds",
-                               "One step call as the coordinator times it (network included)", ["partition", "node"],
+                               "One partition's step: with relay its compute as the node reports it, in the star the call as the coordinator times it (network included)", ["partition", "node"],
                                buckets=STEP_BUCKETS, registry=r)  # fmt: skip
         self._replays = Counter("splitgpt_coordinator_replays_total", "Sequences replayed from position 0", ["reason"],
                                 registry=r)  # fmt: skip

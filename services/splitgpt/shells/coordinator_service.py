@@ -28,6 +28,7 @@ from .coordinator_metrics import CoordinatorMetrics
 from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 from .metrics_http import MetricsPortError, serve_metrics
+from .relay_client import RelayClient
 
 log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
@@ -51,6 +52,9 @@ class CoordinatorSettings(InternalSecuritySettings):
     # Micro-batches in flight at once (pipeline parallelism); 0: one per partition.
     micro_batches: int = 0
     prefill_chunk_tokens: int = 256
+    # Relay: the nodes pass each step's rows along the chain themselves and the last
+    # answers (shells.relay); off: the coordinator calls every partition in turn.
+    relay: bool = True
     # Prometheus /metrics over plain HTTP on its own port (docs/metrics.md); 0: off.
     metrics_port: int = 0
     metrics_host: str | None = None  # None: `host`
@@ -85,6 +89,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 max_queue=self.settings.max_queue,
                 unavailable_grace_s=self.settings.unavailable_grace_s,
                 observer=self.observer,
+                relay=RelayClient() if self.settings.relay else None,
             )
         return self.engine
 

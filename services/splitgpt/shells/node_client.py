@@ -17,11 +17,13 @@ from .convert import fill_tensor, sampling_to_proto, tensor_from_proto
 from .error_mapping import error_from_status
 from .grpc_runtime import client_channel
 from .internal_auth import InternalSecurity
-from .step_stream import StepStream
+from .step_stream import StepStream, StepTable
 
 
 class GrpcNodeClient:
-    def __init__(self, address: str, timeout_s: float, security: InternalSecurity | None = None) -> None:
+    def __init__(
+        self, address: str, timeout_s: float, security: InternalSecurity | None = None, table: StepTable | None = None
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         # The token goes as each call's metadata (precomputed): the step path skips
@@ -29,7 +31,8 @@ class GrpcNodeClient:
         self.channel = client_channel(address, security, add_token=False)
         self._metadata = security.call_metadata if security is not None else None
         self.stub = node_pb2_grpc.PartitionNodeStub(self.channel)
-        self.steps = StepStream(self.stub, self._metadata, address, timeout_s)
+        # `table`: shared by all of a coordinator's node clients (step_stream says why).
+        self.steps = StepStream(self.stub, self._metadata, address, timeout_s, table)
 
     async def info(self, timeout_s: float | None = None) -> node_pb2.NodeInfo:
         return await self._call(self.stub.Info, node_pb2.NodeInfoRequest(), timeout_s)
@@ -40,28 +43,7 @@ class GrpcNodeClient:
         return [tensor_from_proto(h) for h in reply.hidden]
 
     async def step(self, batch: StepBatch) -> StepResult:
-        request = node_pb2.StepRequest(
-            sequences=[
-                node_pb2.SequenceStep(
-                    session_id=s.session_id,
-                    position=s.position,
-                    length=s.length,
-                    sampling=sampling_to_proto(s.sampling),
-                    top_logprobs=s.sampling.top_logprobs,
-                )
-                for s in batch.sequences
-            ],
-            concurrent_steps=batch.concurrent_steps,
-        )
-        fill_tensor(request.hidden, batch.hidden)
-        reply = await self.steps.step(request)
-        return StepResult(
-            hidden=tensor_from_proto(reply.hidden) if reply.HasField("hidden") else None,
-            token_ids=[r.token_id for r in reply.results],
-            logprobs=[r.logprob for r in reply.results],
-            top_logprobs=[tuple(zip(r.top_token_ids, r.top_logprobs, strict=True)) for r in reply.results],
-            next_input=tensor_from_proto(reply.next_input) if reply.HasField("next_input") else None,
-        )
+        return result_from_reply(await self.steps.step(step_request(batch)))
 
     async def release(self, session_ids: list[str]) -> None:
         await self._call(self.stub.Release, node_pb2.ReleaseRequest(session_ids=session_ids))
@@ -75,3 +57,32 @@ class GrpcNodeClient:
     async def close(self) -> None:
         self.steps.close()
         await self.channel.close()
+
+
+def step_request(batch: StepBatch) -> node_pb2.StepRequest:
+    request = node_pb2.StepRequest(
+        sequences=[
+            node_pb2.SequenceStep(
+                session_id=s.session_id,
+                position=s.position,
+                length=s.length,
+                sampling=sampling_to_proto(s.sampling),
+                top_logprobs=s.sampling.top_logprobs,
+            )
+            for s in batch.sequences
+        ],
+        concurrent_steps=batch.concurrent_steps,
+    )
+    fill_tensor(request.hidden, batch.hidden)
+    return request
+
+
+def result_from_reply(reply: node_pb2.StepResponse) -> StepResult:
+    return StepResult(
+        hidden=tensor_from_proto(reply.hidden) if reply.HasField("hidden") else None,
+        token_ids=[r.token_id for r in reply.results],
+        logprobs=[r.logprob for r in reply.results],
+        top_logprobs=[tuple(zip(r.top_token_ids, r.top_logprobs, strict=True)) for r in reply.results],
+        next_input=tensor_from_proto(reply.next_input) if reply.HasField("next_input") else None,
+        partition_ms=list(reply.relay_compute_ms),
+    )

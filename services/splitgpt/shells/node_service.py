@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+import grpc
 import torch
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -34,6 +35,7 @@ from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecu
 from .main_thread import MainThreadExecutor, SignalRelay
 from .metrics_http import MetricsPortError, serve_metrics
 from .node_metrics import NodeMetrics
+from .relay import Listeners, PeerLinks, PeerUnreachable, StreamWriter
 
 log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
@@ -115,6 +117,8 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         # and, beyond the small steps above, never blocks the loop.
         self.executor = executor
         self._queued = 0  # calls handed to the executor and not finished
+        self.listeners = Listeners()  # coordinators' streams here, for relayed steps' answers
+        self.peers = PeerLinks(InternalSecurity.from_settings(settings), self.listeners)
 
     @property
     def engine(self) -> NodeEngine:
@@ -167,15 +171,68 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
 
     async def StepStream(self, requests, context):
         """Steps in arrival order, each answered on the stream with its tag; a step that
-        fails is answered with its status (error_mapping), and the stream goes on."""
-        async for request in requests:
-            try:
-                reply = await self._step(request)
-            except Exception as exc:  # this step's answer, as a unary Step would end
-                code, details = status_and_details(exc, "/splitgpt.v1.PartitionNode/StepStream")
-                reply = node_pb2.StepResponse(error_code=code_number(code), error_detail=details)
-            reply.tag = request.tag
-            yield reply
+        fails is answered with its status (error_mapping), and the stream goes on.
+
+        A relayed step (`reply_to` set) is not answered here: this node sends its
+        rows on to the next hop, or, the last of the chain, answers on the
+        coordinator's own stream to it (shells.relay). A `listen` request makes
+        this stream that coordinator's listener. Written with context.read/write,
+        not as a generator, because other streams' steps write to it too."""
+        writer = StreamWriter(context)
+        registered: list[str] = []
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                if request.listen:
+                    self.listeners.register(request.listen, writer)
+                    registered.append(request.listen)
+                    await writer.write(node_pb2.StepResponse(tag=request.tag))
+                elif request.reply_to:
+                    await self._relay(request)
+                else:
+                    await writer.write(await self._answer(request, "/splitgpt.v1.PartitionNode/StepStream"))
+        finally:
+            for listener_id in registered:
+                self.listeners.unregister(listener_id, writer)
+
+    async def _answer(self, request: node_pb2.StepRequest, method: str) -> node_pb2.StepResponse:
+        try:
+            reply = await self._step(request)
+        except Exception as exc:  # this step's answer, as a unary Step would end
+            code, details = status_and_details(exc, method)
+            reply = node_pb2.StepResponse(error_code=code_number(code), error_detail=details)
+        reply.tag = request.tag
+        return reply
+
+    async def _relay(self, request: node_pb2.StepRequest) -> None:
+        """Compute, then send the rows to the next hop; the last hop answers the listener.
+        A failure here, or a next hop out of reach, goes to the listener on this node."""
+        reply = await self._answer(request, "/splitgpt.v1.PartitionNode/StepStream (relay)")
+        if reply.error_code or not request.forward:
+            if not reply.error_code:
+                reply.relay_compute_ms.extend(request.relay_compute_ms)
+                reply.relay_compute_ms.append(reply.compute_ms)
+            await self.listeners.tell(request.reply_to, reply)
+            return
+        hop = request.forward[0]
+        onward = node_pb2.StepRequest(
+            sequences=request.sequences,
+            concurrent_steps=request.concurrent_steps,
+            tag=request.tag,
+            forward=request.forward[1:],
+            reply_to=request.reply_to,
+            relay_compute_ms=[*request.relay_compute_ms, reply.compute_ms],
+        )
+        onward.hidden.CopyFrom(reply.hidden)
+        try:
+            await self.peers.send(hop.address, onward)
+        except PeerUnreachable as exc:
+            failure = node_pb2.StepResponse(
+                tag=request.tag,
+                error_code=grpc.StatusCode.UNAVAILABLE.value[0],
+                error_detail=f"{self.settings.node_id} could not relay to {hop.node_id}: {exc}",
+                unreachable_address=hop.address,
+            )
+            await self.listeners.tell(request.reply_to, failure)
 
     async def _step(self, request: node_pb2.StepRequest) -> node_pb2.StepResponse:
         started = time.perf_counter()
@@ -228,6 +285,7 @@ async def start(settings: NodeSettings, executor: Executor | None = None) -> Grp
         server.on_stop.append(metrics_server.close)
     executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     servicer = PartitionNodeServicer(settings, executor)
+    server.on_stop.append(servicer.peers.close)
     server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
     await server.start()
     log.info("%s listening on %s:%d, loading weights", settings.node_id, settings.host, server.port)
