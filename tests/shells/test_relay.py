@@ -61,7 +61,8 @@ async def test_a_relayed_step_gives_what_the_star_gives(chain):
     # Decode goes on from the caches the relayed prefill left on every node.
     positions = [len(p) for p in PROMPTS]
     relay2 = await RelayClient().step(
-        relayed, StepBatch([SequenceStep(s.session_id, pos, 1) for s, pos in zip(steps, positions, strict=True)], relay.next_input)
+        relayed,
+        StepBatch([SequenceStep(s.session_id, pos, 1) for s, pos in zip(steps, positions, strict=True)], relay.next_input),
     )
     star2 = await star_step(
         starred,
