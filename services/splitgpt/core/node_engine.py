@@ -48,6 +48,8 @@ class NodeEngine:
         self, partition: GPT2Partition, kv_max_tokens: int, kv_ttl_s: float, threads: ThreadBudget | None = None
     ) -> None:
         self.partition = partition
+        # Read once: a transformers config's attribute access is slow enough to show in a tiny step.
+        self.n_ctx, self.vocab_size = partition.config.n_positions, partition.config.vocab_size
         self.threads = threads or ThreadBudget(torch.get_num_threads())
         self.observer: NodeStepObserver = NO_NODE_OBSERVER  # a shell sets its own once serving
         self.cache = KVCacheStore(
@@ -112,7 +114,7 @@ class NodeEngine:
         tokens, logprobs, top = sample_with_alternatives(logits, [s.sampling for s in batch.sequences], next_positions)
         # The embedding of each token just chosen is its sequence's next input;
         # past the end of the context there is no next step (zeros stand in).
-        n_ctx = self.partition.config.n_positions
+        n_ctx = self.n_ctx
         next_input = self.partition.embed_at(tokens, [min(p, n_ctx - 1) for p in next_positions])
         past_end = torch.tensor([p >= n_ctx for p in next_positions], device=next_input.device)
         next_input = next_input.masked_fill(past_end.unsqueeze(1), 0.0)
@@ -140,7 +142,7 @@ class NodeEngine:
         malformed or hostile step is a StepInputError (INVALID_ARGUMENT), never a crash.
         Returns the decode rows (one token after position 0), counted here to save a pass."""
         decode_rows = 0
-        d, n_ctx = self.partition.hidden_size, self.partition.config.n_positions
+        d, n_ctx = self.partition.hidden_size, self.n_ctx
         if len(batch.sequences) > self.cache.max_tokens:  # each needs at least one KV position
             raise StepInputError(f"{len(batch.sequences)} sequences in one step: at most {self.cache.max_tokens} (the KV budget)")
         rows = sum(batch.lengths)
@@ -150,7 +152,7 @@ class NodeEngine:
             )
         if batch.hidden.dtype != self.partition.dtype:
             raise StepInputError(f"hidden must be {self.partition.dtype} (this node's dtype), got {batch.hidden.dtype}")
-        vocab = self.partition.config.vocab_size
+        vocab = self.vocab_size
         seen = set()
         for s in batch.sequences:
             if len(s.session_id) > MAX_SESSION_ID_CHARS:

@@ -25,6 +25,7 @@ from ..core.gpt2_partition import GPT2Partition
 from ..core.node_contract import NodeNotReady, SequenceStep, StepBatch
 from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes
 from ..core.partitioning import PartitionError, resolve_split
+from ..core.sampling import SamplingSpec
 from ..logs import configure
 from ..rpc import node_pb2, node_pb2_grpc
 from .cli_settings import settings_from_cli
@@ -49,6 +50,7 @@ SERVICE_NAME = "splitgpt.v1.PartitionNode"
 # OpenMP team at its barriers). So does a large step (a prefill, a big batch),
 # so that health probes and the next request never wait behind it.
 INLINE_STEP_MAX_ROW_PARAMETERS = 150_000_000
+NOT_SAMPLED = SamplingSpec()  # a step's sampling, on a partition that does not sample
 
 
 class NodeSettings(InternalSecuritySettings):
@@ -194,9 +196,11 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             for listener_id in registered:
                 self.listeners.unregister(listener_id, writer)
 
-    async def _answer(self, request: node_pb2.StepRequest, method: str) -> node_pb2.StepResponse:
+    async def _answer(
+        self, request: node_pb2.StepRequest, method: str, onward: node_pb2.StepRequest | None = None
+    ) -> node_pb2.StepResponse:
         try:
-            reply = await self._step(request)
+            reply = await self._step(request, onward)
         except Exception as exc:  # this step's answer, as a unary Step would end
             code, details = status_and_details(exc, method)
             reply = node_pb2.StepResponse(error_code=code_number(code), error_detail=details)
@@ -206,8 +210,9 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
     async def _relay(self, request: node_pb2.StepRequest) -> None:
         """Compute, then send the rows to the next hop; the last hop answers the listener.
         A failure here, or a next hop out of reach, goes to the listener on this node."""
-        reply = await self._answer(request, "/splitgpt.v1.PartitionNode/StepStream (relay)")
-        if reply.error_code or not request.forward:
+        method = "/splitgpt.v1.PartitionNode/StepStream (relay)"
+        if not request.forward:
+            reply = await self._answer(request, method)
             if not reply.error_code:
                 reply.relay_compute_ms.extend(request.relay_compute_ms)
                 reply.relay_compute_ms.append(reply.compute_ms)
@@ -220,25 +225,34 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             tag=request.tag,
             forward=request.forward[1:],
             reply_to=request.reply_to,
-            relay_compute_ms=[*request.relay_compute_ms, reply.compute_ms],
         )
-        onward.hidden.CopyFrom(reply.hidden)
+        reply = await self._answer(request, method, onward)  # the output rows go straight into `onward`
+        if reply.error_code:
+            await self.listeners.tell(request.reply_to, reply)
+            return
+        onward.relay_compute_ms.extend(request.relay_compute_ms)
+        onward.relay_compute_ms.append(reply.compute_ms)
         try:
             await self.peers.send(hop.address, onward)
         except PeerUnreachable as exc:
             failure = node_pb2.StepResponse(
                 tag=request.tag,
                 error_code=grpc.StatusCode.UNAVAILABLE.value[0],
-                error_detail=f"{self.settings.node_id} could not relay to {hop.node_id}: {exc}",
+                error_detail=f"{self.settings.node_id} could not relay to {hop.address}: {exc}",
                 unreachable_address=hop.address,
             )
             await self.listeners.tell(request.reply_to, failure)
 
-    async def _step(self, request: node_pb2.StepRequest) -> node_pb2.StepResponse:
+    async def _step(self, request: node_pb2.StepRequest, onward: node_pb2.StepRequest | None = None) -> node_pb2.StepResponse:
+        """`onward`: a relayed step's request to the next hop, which gets the output rows."""
         started = time.perf_counter()
         engine = self.engine
+        sampled = engine.is_last  # only the last partition samples: the others skip the conversion
         batch = StepBatch(
-            [SequenceStep(s.session_id, s.position, s.length, _sampling(s)) for s in request.sequences],
+            [
+                SequenceStep(s.session_id, s.position, s.length, _sampling(s) if sampled else NOT_SAMPLED)
+                for s in request.sequences
+            ],
             tensor_from_proto(request.hidden),
             concurrent_steps=max(1, request.concurrent_steps),
         )
@@ -259,7 +273,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
                 item.top_token_ids.extend(t for t, _ in top)
                 item.top_logprobs.extend(lp for _, lp in top)
         if result.hidden is not None:
-            fill_tensor(reply.hidden, result.hidden)
+            fill_tensor(reply.hidden if onward is None else onward.hidden, result.hidden)
         if result.next_input is not None:
             fill_tensor(reply.next_input, result.next_input)
         reply.compute_ms = (time.perf_counter() - started) * 1000
