@@ -24,23 +24,34 @@ commands:
 
 
 def tiny_model(argv: list[str]) -> None:
-    from .core.tiny_model import GPT2_SMALL, write_checkpoint
+    from .core.tiny_model import GEOMETRIES, GPT2_SMALL, parameter_count, write_checkpoint
 
-    p = argparse.ArgumentParser(prog="splitgpt tiny-model", description="Write a small random GPT-2 checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="splitgpt tiny-model",
+        description="Write a random GPT-2 checkpoint (safetensors and the real GPT-2 tokenizer): a small one, "
+        "or one of the Hub's geometries by name, with random weights.",
+    )
     p.add_argument("directory", type=Path)
+    p.add_argument("--geometry", choices=sorted(GEOMETRIES),
+                   help="a real GPT-2 size: gpt2 (124 M parameters, 0.5 GB), gpt2-medium (355 M, 1.4 GB), "
+                        "gpt2-large (774 M, 3.1 GB), gpt2-xl (1.56 B, 6.2 GB); sharded as the Hub ships them")  # fmt: skip
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--positions", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gpt2-small", action="store_true", help="GPT-2-small geometry (124 M parameters, random)")
+    p.add_argument("--gpt2-small", action="store_true", help="the same as --geometry gpt2")
     args = p.parse_args(argv)
+    if args.gpt2_small:
+        args.geometry = "gpt2"
     geometry = (
-        GPT2_SMALL
-        if args.gpt2_small
+        GEOMETRIES[args.geometry]
+        if args.geometry
         else dict(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads, n_positions=args.positions)
     )
-    write_checkpoint(args.directory, seed=args.seed, **geometry)
+    if args.geometry and geometry is not GPT2_SMALL:
+        print(f"{args.geometry}: {parameter_count(**geometry) / 1e9:.2f} B parameters", flush=True)
+    write_checkpoint(args.directory, seed=args.seed, say=lambda line: print(line, flush=True), **geometry)
     print(f"wrote a random GPT-2 checkpoint ({geometry}) to {args.directory}; use MODEL_ID={args.directory}")
 
 

@@ -26,6 +26,7 @@ class InProcessChain:
         self.steps = 0
         self.fail: tuple[int | None, Exception] | None = None
         self.fail_times = 0
+        self.by_peer = False
 
     async def step(self, chain: list[InProcessNode], batch: StepBatch) -> StepResult:
         self.steps += 1
@@ -33,7 +34,7 @@ class InProcessChain:
         for index, node in enumerate(chain):
             if self.fail is not None and self.fail_times and (self.fail[0] in (index, None)):
                 self.fail_times -= 1
-                raise ChainStepFailed(self.fail[0], self.fail[1])
+                raise ChainStepFailed(self.fail[0], self.fail[1], self.by_peer)
             result = node.engine.step(batch)
             ms.append(0.1)
             if result.hidden is not None:
@@ -122,4 +123,23 @@ async def test_a_node_the_chain_pins_a_failure_on_is_failed_over(tiny_checkpoint
     failed, last = chains[4][1], [c for c in chains if c][-1]
     assert [r for r in router.replicas if r.node_id == failed][0].consecutive_failures == 1
     assert last[1] != failed and last[0] == chains[4][0]  # only the failed partition moved
+    await engine.close()
+
+
+async def test_a_next_hop_only_a_peer_reports_unreachable_goes_on_in_the_star(cluster, hf_model):
+    """A peer's word is not enough to take a node out (the link between the two may
+    be what fails): the sequence replays in the star and the node stays in."""
+    nodes, router = cluster
+    relay = InProcessChain()
+    engine = relay_engine(cluster, relay)
+    tokens = []
+    async for event in engine.generate(GenerationRequest("p", PROMPTS[0], max_tokens=10, ignore_eos=True)):
+        if isinstance(event, TokenEvent):
+            tokens.append(event.token_id)
+            if len(tokens) == 2:
+                relay.fail, relay.fail_times = (2, NodeFailed("p1 could not relay to p2")), 1
+                relay.by_peer = True
+    assert tokens == hf_greedy(hf_model, PROMPTS[0], 10)
+    assert all(r.consecutive_failures == 0 for r in router.replicas)
+    assert nodes["p2"].steps >= 7  # the rest went by the star
     await engine.close()

@@ -4,11 +4,15 @@ node it concerns (ChainStepFailed.index), whichever node of the chain it is."""
 
 from __future__ import annotations
 
+import socket
+
+import grpc
 import pytest
 import torch
 
 from splitgpt.core.node_contract import CacheMiss, ChainStepFailed, NodeFailed, SequenceStep, StepBatch
-from splitgpt.shells.node_client import GrpcNodeClient
+from splitgpt.rpc import node_pb2
+from splitgpt.shells.node_client import GrpcNodeClient, step_request
 from splitgpt.shells.node_service import NodeSettings, start
 from splitgpt.shells.relay_client import RelayClient
 from splitgpt.shells.step_stream import StepTable
@@ -81,7 +85,7 @@ async def test_a_cache_miss_in_the_middle_is_pinned_on_the_middle_node(chain):
     assert failed.value.index == 1 and isinstance(failed.value.cause, CacheMiss)
 
 
-async def test_a_dead_next_hop_is_pinned_on_it_not_on_the_node_that_relays_to_it(chain):
+async def test_a_dead_next_hop_is_named_by_the_node_that_relays_to_it(chain):
     servers, relayed, _ = chain
     hidden = torch.cat(await relayed[-1].embed([(PROMPTS[0], 0)]))
     await RelayClient().step(relayed, StepBatch([SequenceStep("d", 0, len(PROMPTS[0]))], hidden))
@@ -89,6 +93,30 @@ async def test_a_dead_next_hop_is_pinned_on_it_not_on_the_node_that_relays_to_it
     with pytest.raises(ChainStepFailed) as failed:
         await RelayClient().step(relayed, StepBatch([SequenceStep("d2", 0, len(PROMPTS[0]))], hidden))
     assert failed.value.index == 2 and isinstance(failed.value.cause, NodeFailed)
+
+
+async def test_a_next_hop_only_its_peer_cannot_reach_is_reported_by_the_peer(chain):
+    """The node is told a next hop that does not answer (as a network policy
+    between nodes would make it): its answer names that hop as unreachable, and
+    the coordinator's side takes it as reported by a peer, not as seen by itself."""
+    _, relayed, _ = chain
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    hidden = torch.cat(await relayed[-1].embed([(PROMPTS[0], 0)]))
+    request = step_request(StepBatch([SequenceStep("p", 0, len(PROMPTS[0]))], hidden))
+    request.reply_to = relayed[0].steps.table.listener_id
+    request.forward.append(node_pb2.Hop(address=nowhere))
+    response, heard_from = await relayed[0].steps.send(request, (relayed[0].address, nowhere))
+    assert response.unreachable_address == nowhere and response.error_code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert heard_from == relayed[0].address  # the node that could not relay says so itself
+
+    fake = GrpcNodeClient(nowhere, timeout_s=10, table=relayed[0].steps.table)
+    fake.steps.ready = relayed[0].steps.ready  # as if the coordinator reached it: only the peer cannot
+    with pytest.raises(ChainStepFailed) as failed:
+        await RelayClient().step([relayed[0], fake], StepBatch([SequenceStep("p2", 0, len(PROMPTS[0]))], hidden))
+    assert failed.value.index == 1 and failed.value.by_peer
+    await fake.close()
 
 
 async def test_a_dead_middle_node_fails_the_step_at_once_not_at_its_deadline(chain):

@@ -446,7 +446,12 @@ class GenerationEngine:
     def _chain_failed(self, chain: tuple[Replica, ...], group: list[_Sequence], exc: ChainStepFailed) -> None:
         """As a star step to the node the failure names would have failed."""
         cause = exc.cause
-        if exc.index is None:
+        if exc.index is None or exc.by_peer:
+            # Nothing pins it on a node, or only a peer does (the link between two
+            # nodes may be what fails: a network policy, a node without client
+            # certificates): replay in the star, where every failure names its node
+            # as the coordinator sees it. A node that did die is also seen by the
+            # coordinator's own stream to it and by its probes.
             for seq in group:
                 seq.unrelayed = True
                 self._replay(seq, f"a relayed step failed: {cause}", "step_failed")

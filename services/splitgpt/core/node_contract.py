@@ -114,8 +114,10 @@ class StepFailed(NodeFailed):
 class ChainStepFailed(Exception):
     """A relayed step failed: `cause` is what a star step to the node at chain index
     `index` would have raised (CacheMiss, StepFailed, NodeFailed, ...); `index`
-    is None when nothing says which node it was (a deadline)."""
+    is None when nothing says which node it was (a deadline). `by_peer`: the node
+    before it could not reach it, which may be the link between them (a network
+    policy, a node without client certificates), not the node."""
 
-    def __init__(self, index: int | None, cause: Exception) -> None:
-        self.index, self.cause = index, cause
+    def __init__(self, index: int | None, cause: Exception, by_peer: bool = False) -> None:
+        self.index, self.cause, self.by_peer = index, cause, by_peer
         super().__init__(f"{'' if index is None else f'partition {index}: '}{cause}")

@@ -300,6 +300,16 @@ async def start(settings: NodeSettings, executor: Executor | None = None) -> Grp
     executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     servicer = PartitionNodeServicer(settings, executor)
     server.on_stop.append(servicer.peers.close)
+    security = servicer.peers.security
+    if security.server_cert is not None and (security.ca is None or (security.client_ca and not security.client_cert)):
+        # Relay: this node calls the next node as the coordinator does, so it needs
+        # the calling side too; without it each relayed step fails over to the star.
+        log.warning(
+            "%s serves TLS but cannot call other nodes over it: set SPLITGPT_TLS_CA, SPLITGPT_TLS_CLIENT_CERT and "
+            "SPLITGPT_TLS_CLIENT_KEY here as on the coordinator, or relayed steps from this node fall back to the "
+            "coordinator's star (slower)",
+            settings.node_id,
+        )
     server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
     await server.start()
     log.info("%s listening on %s:%d, loading weights", settings.node_id, settings.host, server.port)

@@ -5,7 +5,9 @@ pass the rows on (shells.relay) and the last answers on the coordinator's
 stream to it. Every node of the chain has that stream open and registered as
 this coordinator's listener first, so a node that fails the step can say so,
 and the failure is pinned on the node it concerns: the one that answered with
-an error, the next hop a node could not reach, or the node whose stream ended.
+an error, or the node whose stream ended. A next hop that a node could not
+reach is named too, but as reported by its peer (`by_peer`): the fault may be
+the link between two nodes, which the coordinator cannot see from where it is.
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ class RelayClient:
                 await client.steps.ready()
             response, address = await first.steps.send(request, tuple(index))
         except LinkDown as exc:
-            raise ChainStepFailed(index.get(exc.address), exc) from None
+            raise ChainStepFailed(index.get(exc.address), exc, by_peer=exc.by_peer) from None
         except NodeFailed as exc:  # a deadline: nothing says where the step stopped
             raise ChainStepFailed(None, exc) from None
         if response.error_code:
             code = code_from_number(response.error_code)
             if response.unreachable_address:
                 where = response.unreachable_address
-                cause: Exception = NodeFailed(f"{where}: {code.name}: {response.error_detail}")
-            else:
-                where, cause = address, error_from_status(code, response.error_detail, address)
-            raise ChainStepFailed(index.get(where), cause)
+                cause = NodeFailed(f"{where}: {code.name}: {response.error_detail}")
+                raise ChainStepFailed(index.get(where), cause, by_peer=True)
+            raise ChainStepFailed(index.get(address), error_from_status(code, response.error_detail, address))
         return result_from_reply(response)

@@ -31,10 +31,10 @@ from .error_mapping import code_from_number, error_from_status
 
 
 class LinkDown(NodeFailed):
-    """The stream to `address` ended, or a node reported its link to it broken."""
+    """The stream to `address` ended, or (`by_peer`) a node reported its link to it broken."""
 
-    def __init__(self, address: str, why: str) -> None:
-        self.address = address
+    def __init__(self, address: str, why: str, by_peer: bool = False) -> None:
+        self.address, self.by_peer = address, by_peer
         super().__init__(f"{address}: {why}")
 
 
@@ -65,7 +65,7 @@ class StepTable:
         """A reply heard on the stream to `address`: its step's, or a node's notice."""
         if not response.tag:
             if response.unreachable_address:  # a node's relay link broke: that node is gone
-                self.fail_involving(LinkDown(response.unreachable_address, response.error_detail))
+                self.fail_involving(LinkDown(response.unreachable_address, response.error_detail, by_peer=True))
             return
         waiter = self._waiting.get(response.tag)
         if waiter is not None and not waiter.future.done():
