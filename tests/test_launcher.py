@@ -176,3 +176,40 @@ def test_make_up_passes_dtype(target):
 
     assert "--dtype float32" in up_line()
     assert "--dtype bfloat16" in up_line("DTYPE=bfloat16")
+
+
+def up_dry_run(tiny_checkpoint, tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "splitgpt.cli", "up", "--model", str(tiny_checkpoint), "--partitions", "2",
+         "--run-dir", str(tmp_path), "--no-ui", "--dry-run", *flags],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_node_memory_splits_by_each_nodes_room_and_a_dry_run_prints_the_split(tiny_checkpoint, tmp_path):
+    # 4 blocks of 0.2 MB each; the last node also holds the head (26 MB), every node 512 MiB for itself
+    r = up_dry_run(tiny_checkpoint, tmp_path, "--node-memory", "700M,600M")
+    assert r.returncode == 0, r.stderr
+    assert "SPLITGPT_NODE_SPLIT=0-3,3-4" in r.stdout  # room 188 MiB against 62: three blocks to one
+    assert "partition 0 blocks [0, 3) needs" in r.stdout and not (tmp_path / "cluster.json").exists()
+
+
+def test_node_memory_that_cannot_hold_the_model_is_refused_before_anything_starts(tiny_checkpoint, tmp_path):
+    r = up_dry_run(tiny_checkpoint, tmp_path, "--node-memory", "1G,520M")
+    assert r.returncode == 2
+    assert "does not fit" in r.stderr and "partition 1 would hold 1 blocks and the head" in r.stderr
+    assert "against a budget of 0.51 GiB" in r.stderr
+
+
+def test_a_node_refuses_a_share_above_its_memory_budget_before_reading_weights(tiny_checkpoint, monkeypatch):
+    from splitgpt.core.memory_plan import MemoryPlanError
+    from splitgpt.shells import node_service
+
+    def no_reads(*a, **kw):
+        raise AssertionError("weights were read")
+
+    monkeypatch.setattr(node_service.GPT2Partition, "from_checkpoint", no_reads)
+    settings = NodeSettings(model_id=str(tiny_checkpoint), node_id="part1-r0", partition=1, num_partitions=2,
+                            memory_budget="300M")  # fmt: skip
+    with pytest.raises(MemoryPlanError, match=r"part1-r0 needs 0\.5\d GiB for 2 blocks and the head"):
+        node_service.load_engine(settings)

@@ -50,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="balanced (counts the embedding/head on the last part as the blocks it is worth) "
         "| even | explicit ranges like 0-4,4-8,8-12",
     )
+    p.add_argument(
+        "--node-memory",
+        default=os.environ.get("SPLITGPT_NODE_MEMORY") or None,
+        help="each node's memory, one value for all or one per partition (4G or 4G,2G,2G,2G; env SPLITGPT_NODE_MEMORY): "
+        "the split then gives each node blocks in proportion to its room (replacing --split), and a plan that "
+        "cannot fit is refused before anything loads",
+    )
     p.add_argument("--host", default="127.0.0.1", help="every service listens on this address")
     p.add_argument("--api-port", type=int, default=8000, help="the HTTP API")
     p.add_argument("--ui-port", type=int, default=5173, help="the web UI (built from frontend/ when stale)")
@@ -85,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what every node holds its weights and KV cache in and sends between nodes (env SPLITGPT_NODE_DTYPE). "
         "float32: exactly Hugging Face's tokens; bfloat16: half the weight memory and wire bytes, native on CPUs with "
         "avx512_bf16/AMX, greedy tokens may part from float32's at near-ties (README: bf16)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (the split, with --node-memory what each node needs) and start nothing",
     )
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the whole stack to become ready")
     p.add_argument(
@@ -194,6 +206,11 @@ def plan(
     def metrics_flag(name: str) -> list[str]:
         return ["--metrics-port", str(metrics[name])] if name in metrics else []
 
+    def memory_flag(partition: int) -> list[str]:  # each node checks its own share again before it loads
+        if not args.node_memory:
+            return []
+        return ["--memory-budget", args.node_memory.split(",")[partition if "," in args.node_memory else 0].strip()]
+
     config = ClusterConfig(model=str(model_dir), num_partitions=args.partitions, split=parse_split(args.split), nodes=nodes)
     config_path = (args.run_dir / "cluster.json").resolve()
 
@@ -229,7 +246,7 @@ def plan(
                 me + ["node", "--node-id", node.id, "--partition", str(node.partition),
                       "--num-partitions", str(args.partitions), "--split", args.split,
                       "--host", host, "--port", port, "--dtype", args.dtype, "--torch-threads", str(threads), *divide,
-                      *metrics_flag(node.id)],
+                      *memory_flag(node.partition), *metrics_flag(node.id)],
                 node_env,
                 tier=BACKENDS, stop_signal=signal.SIGINT, port=int(port), port_flag=grpc_port,
                 essential=False,  # another replica may serve its partition; /api/ready tells
@@ -344,7 +361,7 @@ async def run(args: argparse.Namespace) -> int:
     except PartitionError as exc:
         say(str(exc))
         return 2
-    if problems := port_problems(args.host, children, metrics_port_claims(args)):
+    if not args.dry_run and (problems := port_problems(args.host, children, metrics_port_claims(args))):
         say("nothing was started:\n  " + "\n  ".join(problems))
         return 2
     from .core.checkpoint import ModelSourceError, load_config, resolve_model_dir
@@ -352,13 +369,18 @@ async def run(args: argparse.Namespace) -> int:
     try:
         model_dir = await asyncio.to_thread(resolve_model_dir, args.model)
         config = load_config(model_dir)
+        if args.node_memory:
+            args.split = memory_plan_split(args, config)
         ranges = resolve_split(args.split, config.n_layer, args.partitions, config.vocab_size, config.n_embd)
     except (ModelSourceError, PartitionError) as exc:
         say(str(exc))
         return 2
-    children, cluster, config_path = plan(args, model_dir, inside_env(args))
     blocks = f"{config.n_layer} blocks in {args.partitions} partitions: {ranges}"
     print(f"splitgpt up: {args.model}, {blocks}, {args.dtype}", flush=True)
+    if args.dry_run:
+        print("SPLITGPT_NODE_SPLIT=" + ",".join(f"{a}-{b}" for a, b in ranges), flush=True)
+        return 0
+    children, cluster, config_path = plan(args, model_dir, inside_env(args))
     config_path.parent.mkdir(parents=True, exist_ok=True)
     cluster.dump(config_path)
     print("splitgpt up: Prometheus metrics:\n  " + "\n  ".join(metrics_urls(args)), flush=True)
@@ -418,3 +440,29 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     sys.exit(asyncio.run(run(parse_args(argv))))
+
+
+def memory_plan_split(args: argparse.Namespace, config) -> str:
+    """--node-memory as explicit ranges (core.memory_plan), which every node and the coordinator then take."""
+    from .core.memory_plan import Geometry, memory_split, parse_budgets
+
+    budgets = parse_budgets(args.node_memory, args.partitions)
+    geometry = Geometry(
+        config.n_layer,
+        config.n_embd,
+        config.n_positions,
+        config.vocab_size,
+        dtype_bytes=2 if args.dtype in ("bfloat16", "float16") else 4,
+        pack_head=os.environ.get("SPLITGPT_NODE_PACK_HEAD", "true").lower() not in ("0", "false", "no"),
+    )
+    ranges = memory_split(geometry, budgets)
+    print(
+        "splitgpt up: memory split: "
+        + ", ".join(
+            f"partition {i} blocks [{a}, {b}) needs {geometry.need(b - a, i == len(ranges) - 1) / 2**30:.2f} "
+            f"of {budgets[i] / 2**30:.2f} GiB"
+            for i, (a, b) in enumerate(ranges)
+        ),
+        flush=True,
+    )
+    return ",".join(f"{a}-{b}" for a, b in ranges)

@@ -167,9 +167,24 @@ def k8s_env(container: dict, configmaps: dict[str, dict[str, str]]) -> dict[str,
             env[item["name"]] = configmaps[ref["name"]][ref["key"]]
         elif "fieldRef" in item["valueFrom"]:
             env[item["name"]] = "pod-name-0"
+        elif "resourceFieldRef" in item["valueFrom"]:
+            # The downward API: a memory limit arrives as its bytes (divisor 1).
+            ref = item["valueFrom"]["resourceFieldRef"]
+            assert ref.get("containerName", container["name"]) == container["name"], item
+            section, resource = ref["resource"].split(".", 1)
+            quantity = container["resources"][section][resource]
+            env[item["name"]] = str(kubernetes_bytes(quantity))
         else:
             raise AssertionError(f"unexpected valueFrom for {item['name']}: {item['valueFrom']}")
     return env
+
+
+def kubernetes_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
 
 
 def settings_classes() -> dict[str, type]:

@@ -22,6 +22,7 @@ from pydantic_settings import SettingsConfigDict
 from ..core import tensors
 from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from ..core.gpt2_partition import GPT2Partition
+from ..core.memory_plan import Geometry, check_budget, parse_bytes
 from ..core.node_contract import NodeNotReady, SequenceStep, StepBatch
 from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes
 from ..core.partitioning import PartitionError, resolve_split
@@ -73,6 +74,9 @@ class NodeSettings(InternalSecuritySettings):
     # checkpoint's file mapping, which stays plain: the packed copy is this
     # node's own memory, the mapped rows are page cache (shared, reclaimable).
     pack_head: bool = True
+    # This node's memory (4G, 1.5G, bytes; Kubernetes: the pod's limit): it refuses
+    # to load a share that needs more (core.memory_plan). None: no check.
+    memory_budget: str | None = None
     kv_max_tokens: int = 65536
     kv_ttl_s: float = 600.0
     torch_threads: int = 0  # 0: leave torch's default
@@ -95,6 +99,10 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
     if not 0 <= settings.partition < len(ranges):
         raise PartitionError(f"partition {settings.partition} outside 0..{len(ranges) - 1}")
     start, end = ranges[settings.partition]
+    if settings.memory_budget:  # before any weight is read
+        dtype_bytes = tensors.dtype_from_name(settings.dtype).itemsize
+        geometry = Geometry(config.n_layer, config.n_embd, config.n_positions, config.vocab_size, dtype_bytes, settings.pack_head)
+        check_budget(geometry, end - start, end == config.n_layer, parse_bytes(settings.memory_budget), settings.node_id)
     partition = GPT2Partition.from_checkpoint(
         model_dir,
         start,
