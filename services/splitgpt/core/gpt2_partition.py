@@ -68,6 +68,11 @@ class GPT2Partition:
         self.eps = config.layer_norm_epsilon
         self.kernels = resolve_kernels(kernels, self.device, dtype)
         t = {k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}
+        # The vectors (biases, norms) are kept as they are; read from safetensors
+        # they are views of the checkpoint's file mapping, and a view keeps the whole
+        # mapping, with every page the packing read, in this process's resident set
+        # (1.7 GB of a gpt2-xl node's 3.6). Copied, the mapping goes with the plain matrices.
+        t = {k: v.clone() if v.dim() == 1 else v for k, v in t.items()}
         self.tensor_names = sorted(t)
         # Counted from the checkpoint's tensors: the kernels may hold them in another layout.
         self.parameter_count = sum(v.numel() for v in t.values())
