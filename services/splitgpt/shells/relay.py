@@ -12,10 +12,11 @@ Who hears what: the coordinator keeps a StepStream open to every node of its
 chains and registers it (`listen`) under its listener id (`Listeners`). The
 last node answers on that stream; any node that fails the step (its own error,
 or a next hop it cannot reach) says so on its own stream to the coordinator,
-so the coordinator always knows which node of the chain failed, and fails over
-exactly as in the star. A link to a next hop that breaks is announced to every
-listener (a notice, tag 0), so steps in flight behind a dead node fail at once
-rather than at their deadline.
+so the coordinator knows which node of the chain failed and fails over as in
+the star. A link to a next hop that breaks is announced to every listener (a
+notice, tag 0), so steps in flight behind a dead node fail at once rather than
+at their deadline; a peer's word alone takes no node out (core.engine: those
+sequences go on through the star, where the coordinator sees for itself).
 """
 
 from __future__ import annotations
