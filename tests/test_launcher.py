@@ -23,6 +23,13 @@ system = pytest.mark.system  # starts real services as processes
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_ports() -> list[str]:
+    """Ports of a stack that is refused before it binds any: free ones, not the defaults,
+    which any socket of this host may hold for a minute (a client's ephemeral port in TIME_WAIT)."""
+    return ["--grpc-port-base", str(free_port_base(60)), "--api-port", str(free_port_base(1)),
+            "--metrics-port-base", str(free_port_base(20)), "--no-ui"]  # fmt: skip
+
+
 def listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -34,7 +41,7 @@ def listening(port: int) -> bool:
 @system
 def test_unreachable_hub_fails_at_start_naming_the_offline_way(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "splitgpt.cli", "up", "--model", "gpt2", "--run-dir", str(tmp_path)],
+        [sys.executable, "-m", "splitgpt.cli", "up", "--model", "gpt2", "--run-dir", str(tmp_path), *free_ports()],
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")},
         capture_output=True,
         text=True,
@@ -67,7 +74,7 @@ def test_up_serves_two_partitions_and_sigterm_stops_every_child(tiny_checkpoint,
 def test_a_split_that_does_not_fit_the_model_is_refused_before_anything_starts(tiny_checkpoint, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "splitgpt.cli", "up", "--model", str(tiny_checkpoint), "--partitions", "2",
-         "--split", "1-3,3-4", "--run-dir", str(tmp_path)],
+         "--split", "1-3,3-4", "--run-dir", str(tmp_path), *free_ports()],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 2
