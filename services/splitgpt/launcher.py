@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from .core.cluster_config import ClusterConfig, NodeEntry
+from .core.memory_plan import Geometry, memory_split, parse_budgets
 from .core.partitioning import PartitionError, parse_split, resolve_split
 from .monitoring.local_prometheus import REPO_ALERTS, find_prometheus, prometheus_argv, write_local_config
 from .ports import can_listen, listener_of
@@ -206,10 +207,10 @@ def plan(
     def metrics_flag(name: str) -> list[str]:
         return ["--metrics-port", str(metrics[name])] if name in metrics else []
 
+    budgets = parse_budgets(args.node_memory, args.partitions) if args.node_memory else None
+
     def memory_flag(partition: int) -> list[str]:  # each node checks its own share again before it loads
-        if not args.node_memory:
-            return []
-        return ["--memory-budget", args.node_memory.split(",")[partition if "," in args.node_memory else 0].strip()]
+        return ["--memory-budget", str(budgets[partition])] if budgets else []
 
     config = ClusterConfig(model=str(model_dir), num_partitions=args.partitions, split=parse_split(args.split), nodes=nodes)
     config_path = (args.run_dir / "cluster.json").resolve()
@@ -444,8 +445,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def memory_plan_split(args: argparse.Namespace, config) -> str:
     """--node-memory as explicit ranges (core.memory_plan), which every node and the coordinator then take."""
-    from .core.memory_plan import Geometry, memory_split, parse_budgets
-
     budgets = parse_budgets(args.node_memory, args.partitions)
     geometry = Geometry(
         config.n_layer,

@@ -48,6 +48,19 @@ class InProcessChain:
         )
 
 
+async def generate_failing_once(
+    engine: GenerationEngine, relay: InProcessChain, request: GenerationRequest, after: int, at: int | None, cause: Exception
+) -> list[int]:
+    """The request's tokens, the relay failing one step at node `at` once `after` tokens came."""
+    tokens = []
+    async for event in engine.generate(request):
+        if isinstance(event, TokenEvent):
+            tokens.append(event.token_id)
+            if len(tokens) == after:
+                relay.fail, relay.fail_times = (at, cause), 1
+    return tokens
+
+
 def relay_engine(cluster, relay: InProcessChain, **kw) -> GenerationEngine:
     nodes, router = cluster
     return GenerationEngine(router, lambda r: nodes[r.node_id], 50256, 128, 50257, relay=relay, **kw)
@@ -73,12 +86,8 @@ async def test_relayed_greedy_equals_hf_and_reports_every_partition(cluster, hf_
 async def test_a_cache_miss_the_chain_pins_on_a_node_replays_exactly(cluster, hf_model):
     relay = InProcessChain()
     engine = relay_engine(cluster, relay)
-    tokens = []
-    async for event in engine.generate(GenerationRequest("m", PROMPTS[0], max_tokens=10, ignore_eos=True)):
-        if isinstance(event, TokenEvent):
-            tokens.append(event.token_id)
-            if len(tokens) == 4:
-                relay.fail, relay.fail_times = (1, CacheMiss({"m": "evicted"})), 1
+    request = GenerationRequest("m", PROMPTS[0], max_tokens=10, ignore_eos=True)
+    tokens = await generate_failing_once(engine, relay, request, 4, 1, CacheMiss({"m": "evicted"}))
     assert tokens == hf_greedy(hf_model, PROMPTS[0], 10)
     assert engine.tasks() == []
     await engine.close()
@@ -90,12 +99,8 @@ async def test_a_failure_pinned_on_nobody_goes_on_in_the_star_exactly(cluster, h
     nodes, _ = cluster
     relay = InProcessChain()
     engine = relay_engine(cluster, relay)
-    tokens = []
-    async for event in engine.generate(GenerationRequest("d", PROMPTS[2], max_tokens=10, ignore_eos=True)):
-        if isinstance(event, TokenEvent):
-            tokens.append(event.token_id)
-            if len(tokens) == 3:
-                relay.fail, relay.fail_times = (None, NodeFailed("DEADLINE_EXCEEDED")), 1
+    request = GenerationRequest("d", PROMPTS[2], max_tokens=10, ignore_eos=True)
+    tokens = await generate_failing_once(engine, relay, request, 3, None, NodeFailed("DEADLINE_EXCEEDED"))
     assert tokens == hf_greedy(hf_model, PROMPTS[2], 10)
     assert nodes["p1"].steps >= 7  # the rest went by the star
     await engine.close()
@@ -132,13 +137,9 @@ async def test_a_next_hop_only_a_peer_reports_unreachable_goes_on_in_the_star(cl
     nodes, router = cluster
     relay = InProcessChain()
     engine = relay_engine(cluster, relay)
-    tokens = []
-    async for event in engine.generate(GenerationRequest("p", PROMPTS[0], max_tokens=10, ignore_eos=True)):
-        if isinstance(event, TokenEvent):
-            tokens.append(event.token_id)
-            if len(tokens) == 2:
-                relay.fail, relay.fail_times = (2, NodeFailed("p1 could not relay to p2")), 1
-                relay.by_peer = True
+    relay.by_peer = True  # read only when a failure is raised
+    request = GenerationRequest("p", PROMPTS[0], max_tokens=10, ignore_eos=True)
+    tokens = await generate_failing_once(engine, relay, request, 2, 2, NodeFailed("p1 could not relay to p2"))
     assert tokens == hf_greedy(hf_model, PROMPTS[0], 10)
     assert all(r.consecutive_failures == 0 for r in router.replicas)
     assert nodes["p2"].steps >= 7  # the rest went by the star

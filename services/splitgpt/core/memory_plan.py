@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .partitioning import BlockRange, PartitionError
+from .partitioning import BlockRange, PartitionError, block_parameters
 
 # A node's resident memory with no weights: the interpreter, torch, gRPC, the
 # allocator's own. Measured here: 0.25 GB for a node of the tiny test model
@@ -58,7 +58,7 @@ class Geometry:
 
     @property
     def block_bytes(self) -> int:
-        return (12 * self.n_embd * self.n_embd + 13 * self.n_embd) * self.dtype_bytes
+        return block_parameters(self.n_embd) * self.dtype_bytes
 
     @property
     def head_bytes(self) -> int:

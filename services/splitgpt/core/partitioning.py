@@ -23,6 +23,12 @@ def even_split(n_layer: int, n_parts: int) -> list[BlockRange]:
     return ranges
 
 
+def block_parameters(hidden_size: int) -> int:
+    """Parameters of one GPT-2 block: attention 4 d^2 + 4 d (qkv and proj with
+    biases), MLP 8 d^2 + 5 d, two layer norms 4 d."""
+    return 12 * hidden_size * hidden_size + 13 * hidden_size
+
+
 def head_cost_in_blocks(vocab_size: int, hidden_size: int) -> float:
     """The embedding/lm_head matrix counted in blocks, by parameters.
 
@@ -31,7 +37,7 @@ def head_cost_in_blocks(vocab_size: int, hidden_size: int) -> float:
     For gpt2 that is 5.45 blocks, so an even split leaves the last part the
     largest and slowest.
     """
-    return vocab_size * hidden_size / (12 * hidden_size * hidden_size + 13 * hidden_size)
+    return vocab_size * hidden_size / block_parameters(hidden_size)
 
 
 def balanced_split(n_layer: int, n_parts: int, last_part_extra: float) -> list[BlockRange]:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from .partitioning import block_parameters
+
 GPT2_VOCAB_SIZE = 50257
 # GPT-2-small geometry: the model the benchmarks and memory reports talk about.
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
@@ -29,8 +31,7 @@ MAX_SHARD_SIZE = "2GB"
 
 def parameter_count(n_layer: int, n_embd: int, n_positions: int, vocab_size: int = GPT2_VOCAB_SIZE, **_) -> int:
     """Parameters of a GPT-2 of this geometry (the head tied to the embedding)."""
-    per_block = 12 * n_embd * n_embd + 13 * n_embd  # attention (4 d^2 + 4 d), MLP (8 d^2 + 5 d), two norms (4 d)
-    return vocab_size * n_embd + n_positions * n_embd + n_layer * per_block + 2 * n_embd
+    return vocab_size * n_embd + n_positions * n_embd + n_layer * block_parameters(n_embd) + 2 * n_embd
 
 
 def write_checkpoint(
