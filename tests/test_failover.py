@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from splitgpt.bench.local_stack import Stack
+from tests.metrics_text import scrape
 
 pytestmark = pytest.mark.system  # starts real services as processes
 
@@ -112,6 +113,39 @@ def test_kill_9_one_replica_of_every_partition_loses_nothing(replicated_stack):
     assert r.status_code == 503 and "partition 1" in r.json()["error"]["message"], r.text
     assert r.headers["retry-after"] == "1"
     assert httpx.get(f"{stack.url}/api/ready").status_code == 503
+
+
+def rows_processed(stack: Stack, partition: int) -> float:
+    """Token rows the partition's live replicas ran through their blocks (their counters)."""
+    total = 0.0
+    for replica in range(stack.replicas):
+        try:
+            stack.node_pid(partition, replica)
+        except LookupError:  # killed
+            continue
+        total += scrape(stack.node_metrics_url(partition, replica)).value("splitgpt_node_tokens_processed_total")
+    return total
+
+
+def test_kill_9_of_a_middle_replica_rebuilds_only_its_partition(replicated_stack):
+    """The other partitions compute the new tokens and nothing of the history:
+    only the step the replica died in runs again on the partition before it."""
+    stack = replicated_stack
+    before = [rows_processed(stack, p) for p in range(3)]
+    clean, _ = run_all(stack.url, {})
+    fault_free = [rows_processed(stack, p) - before[p] for p in range(3)]
+    before = [rows_processed(stack, p) for p in range(3)]
+    pid = stack.node_pid(1, 0)
+    texts, _, _ = fault_run(stack, lambda: os.kill(pid, signal.SIGKILL), {"part1-r0"})
+    assert texts == clean
+    grown = [rows_processed(stack, p) - before[p] for p in range(3)]
+    print(f"\nrows per partition: fault-free {fault_free}, with part1-r0 killed {grown}")
+    # At most one step again per request on partition 0 (the one in flight), none on partition 2.
+    assert fault_free[0] <= grown[0] <= fault_free[0] + len(PROMPTS), (fault_free, grown)
+    assert grown[2] == fault_free[2], (fault_free, grown)
+    rebuilt = scrape(f"http://127.0.0.1:{stack.metrics_base}/metrics")  # the coordinator's
+    assert rebuilt.value("splitgpt_coordinator_rebuilt_tokens_total", partition="1") > 0
+    assert rebuilt.value("splitgpt_coordinator_rebuilt_tokens_total", partition="0") == 0
 
 
 def test_sigterm_drains_a_node_without_failing_a_request(replicated_stack):

@@ -43,6 +43,9 @@ class InProcessNode:
     async def release(self, session_ids):
         self.engine.release(session_ids)
 
+    async def outputs(self, session_id, start, end):
+        return self.engine.outputs(session_id, start, end)
+
 
 def three_nodes(checkpoint, kv_max_tokens: int = 4096):
     """Partitions p0, p1, p2 of the tiny model, one replica each, all SERVING."""

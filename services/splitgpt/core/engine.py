@@ -2,9 +2,16 @@
 
 Every iteration takes all running sequences as one batch through partition
 0..N-1 (Orca-style: a request joins at the next iteration and leaves as soon
-as it finishes). A sequence without a cached input (new, or refused by a node
-that lost its cache) is prefilled: its whole history is embedded and run from
-position 0, which is also how a replay rebuilds the caches.
+as it finishes). A sequence without a cached input (new, or one whose caches
+could not be rebuilt) is prefilled: its history is embedded and run from
+position 0, or from the end of the prompt blocks the chain's nodes kept from an
+earlier request (prefix reuse, core.prefix_cache).
+
+A partition that loses a sequence's cache (its replica died, or evicted it) is
+rebuilt alone, as Petals rebuilds a failed server's span: from the output rows
+the partition before it kept (core.kv_cache), or the embeddings for partition 0;
+the other partitions recompute nothing. Only when that is impossible does the
+sequence replay from position 0 through the whole chain.
 
 The engine talks to nodes through `NodeClient` (core.node_contract, which also
 names the errors a node raises); the gRPC shell provides it. Nothing here
@@ -42,6 +49,7 @@ from .node_contract import (
     StepBatch,
     StepFailed,
 )
+from .prefix_cache import BLOCK_TOKENS, PrefixIndex, block_hashes, reusable_blocks
 from .routing import NoHealthyReplica, Replica, Router
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,12 @@ class _Sequence:
     # A relayed step of it failed with nothing to say which node: it goes on in the
     # star, where every failure names its node, so a hung node is found and avoided.
     unrelayed: bool = False
+    # Partitions whose replica lost this sequence's cache: rebuilt, up to
+    # `position`, before its next step (GenerationEngine._rebuild).
+    stale: set[int] = field(default_factory=set)
+    prompt_hashes: list[bytes] | None = None  # prefix reuse: its prompt's block hashes, once computed
+    reuse_blocks: int = 0  # the next step starts its caches from this many kept blocks
+    no_reuse: bool = False  # a node no longer kept blocks it was to reuse: prefill in full
 
     @property
     def session_id(self) -> str:
@@ -76,6 +90,15 @@ class _Sequence:
         """Run the whole history again from position 0 at the next iteration."""
         self.next_input = None
         self.position = 0
+        self.stale.clear()
+        self.reuse_blocks = 0
+
+    def lose(self, partition: int) -> None:
+        """That partition's replica no longer holds this sequence's cache."""
+        if self.reuse_blocks:  # its caches were to start from kept blocks, and none exists yet
+            self.restart()
+        elif self.position > 0:
+            self.stale.add(partition)
 
     @property
     def history(self) -> list[int]:
@@ -113,12 +136,15 @@ class GenerationEngine:
         unavailable_grace_s: float = 10.0,
         observer: GenerationObserver = NO_GENERATION_OBSERVER,
         relay: ChainClient | None = None,
+        prefix_index: PrefixIndex | None = None,
     ) -> None:
         self.router = router
         self.client_for = client_for
         # Relay: the nodes pass a step's rows along the chain themselves (two legs
         # per token for the coordinator, not two per partition); None: the star.
         self.relay = relay
+        # Prefix reuse (core.prefix_cache): what each node kept of earlier prompts; None: off.
+        self.prefix_index = prefix_index
         self.eos_token_id = eos_token_id
         self.n_ctx = n_ctx
         self.vocab_size = vocab_size
@@ -281,6 +307,9 @@ class GenerationEngine:
         if not ready:
             await asyncio.sleep(0.05)  # every sequence waits for a replica: don't spin
             return
+        rebuilt = await asyncio.gather(*(self._rebuild(s) for s in ready if s.stale))
+        if rebuilt and not all(rebuilt):  # those that could not be rebuilt yet wait for the next iteration
+            ready = [s for s in ready if not s.stale and not s.done]
         rows = await self._inputs(ready)
         if self.relay is not None and self.router.num_partitions > 1:
             relayed = {s: r for s, r in rows.items() if not s.unrelayed}
@@ -305,21 +334,18 @@ class GenerationEngine:
         """Give the sequence a usable replica for every partition.
 
         It keeps its chain (affinity, where its caches are) until a replica
-        becomes unusable; then that partition moves to another replica and the
-        sequence is replayed from position 0 on the new chain.
+        becomes unusable; then that partition moves to another replica, whose
+        cache is rebuilt before the next step (`_rebuild`).
         """
         try:
             if seq.chain is None:
                 seq.chain = self.router.chain()
             else:
-                moved = False
                 for p, replica in enumerate(seq.chain):
                     if not self.router.usable(replica):
                         seq.chain[p] = self.router.pick(p, avoid=replica)
                         self._release_in_background(replica, seq.session_id)
-                        moved = True
-                if moved:
-                    self._replay(seq, "moved off an unusable replica", "moved")
+                        self._replay(seq, f"moved off {replica.node_id}, which is unusable", "moved", partition=p)
             seq.parked_since = None
         except NoHealthyReplica as exc:
             now = time.perf_counter()
@@ -341,6 +367,8 @@ class GenerationEngine:
             if seq.next_input is not None:
                 rows[seq] = seq.next_input
             elif budget > 0:
+                if seq.position == 0:
+                    self._reuse_prefix(seq)
                 chunks[seq] = seq.history[seq.position : seq.position + budget]
                 budget -= len(chunks[seq])
         for replica, group in _group(list(chunks), lambda s: s.chain[-1]).items():
@@ -370,18 +398,13 @@ class GenerationEngine:
         return out
 
     async def _step_group(self, partition: int, replica: Replica, group: list[_Sequence], rows) -> dict:
-        batch = StepBatch(
-            [SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s)) for s in group],
-            torch.cat([rows[s] for s in group]),
-            concurrent_steps=self._lanes_in_flight,
-        )
+        batch = self._batch(group, rows)
         started = time.perf_counter()
         replica.in_flight += len(group)
         try:
             result = await self._unless_down(replica, self.client_for(replica).step(batch))
         except CacheMiss as exc:
-            for seq in group:
-                self._replay(seq, f"{replica.node_id} refused the step: {exc}", "cache_miss")
+            self._cache_missed(replica, partition, group, exc)
             return {}
         except StepFailed as exc:
             self._step_failed(replica, group, exc)
@@ -402,10 +425,7 @@ class GenerationEngine:
             seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
         if partition < self.router.num_partitions - 1:
             return dict(zip(group, torch.split(result.hidden, batch.lengths), strict=True))
-        for i, (seq, step) in enumerate(zip(group, batch.sequences, strict=True)):
-            seq.position = step.position + step.length
-            top = result.top_logprobs[i] if i < len(result.top_logprobs) else ()
-            self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1], top)
+        self._stepped(group, batch, result)
         return {}
 
     async def _step_chain(self, chain: tuple[Replica, ...], group: list[_Sequence], rows) -> None:
@@ -413,11 +433,7 @@ class GenerationEngine:
         group = [s for s in group if not s.done]
         if not group:
             return
-        batch = StepBatch(
-            [SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s)) for s in group],
-            torch.cat([rows[s] for s in group]),
-            concurrent_steps=self._lanes_in_flight,
-        )
+        batch = self._batch(group, rows)
         for replica in chain:
             replica.in_flight += len(group)
         try:
@@ -438,10 +454,101 @@ class GenerationEngine:
             for partition, ms in enumerate(result.partition_ms):
                 seq.step_ms[partition] = ms
                 seq.total_ms[partition] = seq.total_ms.get(partition, 0.0) + ms
+        self._stepped(group, batch, result)
+
+    def _batch(self, group: list[_Sequence], rows: dict[_Sequence, torch.Tensor]) -> StepBatch:
+        """The step of `group`: prompt chunks carry the prompt's block hashes, for
+        the nodes to keep its blocks, and the first one those its caches start from."""
+        steps = []
+        for s in group:
+            prefill = self.prefix_index is not None and s.prompt_hashes and s.position < len(s.req.prompt_ids)
+            hashes = tuple(s.prompt_hashes) if prefill else ()
+            steps.append(SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s), hashes, s.reuse_blocks))
+        return StepBatch(steps, torch.cat([rows[s] for s in group]), concurrent_steps=self._lanes_in_flight)
+
+    def _stepped(self, group: list[_Sequence], batch: StepBatch, result) -> None:
+        """The whole chain took the step: positions advance, the tokens are accepted."""
         for i, (seq, step) in enumerate(zip(group, batch.sequences, strict=True)):
             seq.position = step.position + step.length
+            seq.reuse_blocks = 0
+            if step.block_hashes:  # every node of the chain now keeps the blocks it holds whole
+                for replica in seq.chain:
+                    self.prefix_index.stored(replica.node_id, step.block_hashes[: seq.position // BLOCK_TOKENS])
             top = result.top_logprobs[i] if i < len(result.top_logprobs) else ()
             self._accept(seq, result.token_ids[i], result.logprobs[i], result.next_input[i : i + 1], top)
+
+    def _reuse_prefix(self, seq: _Sequence) -> None:
+        """Start a prefill from position 0 after the prompt blocks every node of its
+        chain kept from earlier requests (as far as the coordinator knows)."""
+        if self.prefix_index is None:
+            return
+        if seq.prompt_hashes is None:
+            seq.prompt_hashes = block_hashes(seq.req.prompt_ids)
+        if seq.no_reuse:
+            return
+        usable = seq.prompt_hashes[: reusable_blocks(len(seq.history))]
+        seq.reuse_blocks = self.prefix_index.common_prefix([r.node_id for r in seq.chain], usable)
+        seq.position = seq.reuse_blocks * BLOCK_TOKENS
+        self.observer.prefix_lookup(len(seq.req.prompt_ids), seq.position)
+
+    def _cache_missed(self, replica: Replica, partition: int, group: list[_Sequence], exc: CacheMiss) -> None:
+        """A node did not hold what a step needed. A sequence that was to start from
+        kept prompt blocks prefills in full; any other has that partition rebuilt.
+        Sequences the node did not name (a miss refuses the whole batch) just step again."""
+        for seq in group:
+            if exc.misses and seq.session_id not in exc.misses:
+                continue
+            why = f"{replica.node_id} refused the step: {exc}"
+            if seq.reuse_blocks:
+                self.prefix_index.forget(replica.node_id)
+                seq.no_reuse = True
+                self._replay(seq, why, "cache_miss")
+            else:
+                self._replay(seq, why, "cache_miss", partition=partition)
+
+    async def _rebuild(self, seq: _Sequence) -> bool:
+        """Rebuild the caches of its stale partitions, lowest first, up to its
+        position, each from the output rows the partition before it kept (partition
+        0: the history's embeddings). True when none is left stale."""
+        end, chain = seq.position, seq.chain
+        for p in sorted(seq.stale):
+            source = chain[p - 1] if p > 0 else chain[-1]
+            try:
+                if p > 0:
+                    rows = await self._unless_down(source, self.client_for(source).outputs(seq.session_id, 0, end))
+                else:
+                    (rows,) = await self._unless_down(source, self.client_for(source).embed([(seq.history[:end], 0)]))
+            except CacheMiss:  # the partition before lost it too: rebuild that one first
+                seq.lose(p - 1)
+                return False
+            except NodeFailed as exc:
+                self._node_failed(source, [seq], exc)
+                return False
+            if not await self._refill(seq, chain[p], rows):
+                return False
+            seq.stale.discard(p)
+            self.observer.rebuilt(p, end)
+        return True
+
+    async def _refill(self, seq: _Sequence, replica: Replica, rows: torch.Tensor) -> bool:
+        """Step `rows` (positions [0, len)) into the replica's cache for `seq`, in prefill
+        chunks; its outputs are not needed (the partitions after it kept their caches)."""
+        chunk = self.prefill_chunk_tokens
+        for start in range(0, rows.shape[0], chunk):
+            part = rows[start : start + chunk]
+            batch = StepBatch([SequenceStep(seq.session_id, start, part.shape[0], self._sampling(seq))], part)
+            try:
+                await self._unless_down(replica, self.client_for(replica).step(batch))
+            except CacheMiss as exc:  # a chunk after the first, refused: the node lost it meanwhile
+                self._replay(seq, f"{replica.node_id} refused a rebuild: {exc}", "cache_miss")
+                return False
+            except StepFailed as exc:
+                self._step_failed(replica, [seq], exc)
+                return False
+            except NodeFailed as exc:
+                self._node_failed(replica, [seq], exc)
+                return False
+        return True
 
     def _chain_failed(self, chain: tuple[Replica, ...], group: list[_Sequence], exc: ChainStepFailed) -> None:
         """As a star step to the node the failure names would have failed."""
@@ -449,17 +556,17 @@ class GenerationEngine:
         if exc.index is None or exc.by_peer:
             # Nothing pins it on a node, or only a peer does (the link between two
             # nodes may be what fails: a network policy, a node without client
-            # certificates): replay in the star, where every failure names its node
-            # as the coordinator sees it. A node that did die is also seen by the
+            # certificates): the step is taken again in the star, where every failure
+            # names its node as the coordinator sees it, and a node that lost the
+            # sequence is rebuilt alone. A node that did die is also seen by the
             # coordinator's own stream to it and by its probes.
+            log.info("a relayed step of %d sequences failed (%s): they go on in the star", len(group), cause)
             for seq in group:
                 seq.unrelayed = True
-                self._replay(seq, f"a relayed step failed: {cause}", "step_failed")
             return
         replica = chain[exc.index]
         if isinstance(cause, CacheMiss):
-            for seq in group:
-                self._replay(seq, f"{replica.node_id} refused the step: {cause}", "cache_miss")
+            self._cache_missed(replica, exc.index, group, cause)
         elif isinstance(cause, StepFailed):
             self._step_failed(replica, group, cause)
         elif isinstance(cause, NodeFailed):
@@ -522,15 +629,20 @@ class GenerationEngine:
         if len(seq.generated) >= seq.req.max_tokens or len(seq.history) >= self.n_ctx:
             self._finish(seq, "length")
 
-    def _replay(self, seq: _Sequence, why: str, reason: str) -> None:
-        """`reason`: "cache_miss", "moved" or "step_failed", what the replay is counted as."""
+    def _replay(self, seq: _Sequence, why: str, reason: str, partition: int | None = None) -> None:
+        """Rebuild `partition`'s cache of the sequence (None: all, from position 0).
+        `reason`: "cache_miss", "moved" or "step_failed", what the replay is counted as."""
         seq.replays += 1
         self.observer.replay(reason)
         if seq.replays > self.max_replays:
             self._fail(seq, GenerationError("unavailable", f"gave up after {self.max_replays} replays: {why}"))
             return
-        log.info("replaying %s from position 0 (%s)", seq.session_id, why)
-        seq.restart()
+        if partition is None:
+            log.info("replaying %s from position 0 (%s)", seq.session_id, why)
+            seq.restart()
+        else:
+            log.info("rebuilding %s on partition %d (%s)", seq.session_id, partition, why)
+            seq.lose(partition)
 
     async def _unless_down(self, replica: Replica, call):
         """Await `call`, or give up as soon as the replica is marked down
@@ -566,9 +678,10 @@ class GenerationEngine:
         if was_closed:
             self.observer.circuit_opened(replica.partition, replica.node_id)
         # No replay is counted here: the next iteration moves these sequences
-        # off the replica (`_route`), and that move is the replay that counts.
+        # off the replica (`_route`), and that move is the replay that counts;
+        # if the replica stays usable, the next iteration rebuilds them on it.
         for seq in group:
-            seq.restart()
+            seq.lose(replica.partition)
 
     def _step_failed(self, replica: Replica, group: list[_Sequence], exc: StepFailed) -> None:
         """The node is up but failed on this step: retry each sequence once from

@@ -33,6 +33,14 @@ class GenerationObserver:
         """A sequence restarted from position 0: "cache_miss" (a node refused it), "moved" (to another
         replica) or "step_failed" (a node's internal error on its step, retried once)."""
 
+    def rebuilt(self, partition: int, tokens: int) -> None:
+        """A replica's cache of one sequence was rebuilt alone: `tokens` positions
+        recomputed on that partition, none on the others."""
+
+    def prefix_lookup(self, prompt_tokens: int, reused_tokens: int) -> None:
+        """A prefill from position 0 starts after `reused_tokens` of its prompt that
+        the chain's nodes kept from earlier requests (0: none)."""
+
     def failover(self, partition: int, node_id: str) -> None:
         """A call on this replica failed; its sequences move elsewhere."""
 

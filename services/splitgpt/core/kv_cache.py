@@ -1,10 +1,16 @@
-"""Per-session K/V for the blocks one node serves.
+"""Per-session K/V for the blocks one node serves, and the prompt blocks kept for reuse.
 
-Bounded by a token budget (least recently used sessions are evicted first),
-expired after a TTL, and released explicitly when a request ends. A step at a
-position the node does not hold is a `CacheMiss`: the coordinator answers it by
-replaying the sequence's history from position 0, so eviction, restarts and
-failover all take that one path.
+Bounded by a token budget (copies of prompt blocks kept for prefix reuse go
+first, then least recently used sessions), expired after a TTL, and released
+explicitly when a request ends. A step past the position the node holds is a
+`CacheMiss`: the coordinator rebuilds what the node lost (from the outputs the
+node before it kept, core.engine) or replays the sequence from position 0. A
+step before that position rewinds the session to it: after a failure part of
+the chain may have committed a step the rest never saw, and the step is sent again.
+
+A partition that is not the last also keeps the rows it sent on (its outputs)
+for every position it holds: they are the next partition's inputs, from which a
+replica that replaces it rebuilds its cache without recomputing anything here.
 """
 
 from __future__ import annotations
@@ -16,7 +22,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .node_contract import CacheBudgetExceeded, CacheMiss
+from .node_contract import CacheBudgetExceeded, CacheMiss, StepInputError
+from .prefix_cache import BLOCK_TOKENS
+
+
+@dataclass(frozen=True)
+class PrefixBlock:
+    """A copy of BLOCK_TOKENS positions of one session: K/V of every local layer
+    ([layers, 2, heads, BLOCK_TOKENS, head_dim]) and, if kept, the output rows."""
+
+    kv: torch.Tensor
+    outputs: torch.Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        out = self.outputs.numel() * self.outputs.element_size() if self.outputs is not None else 0
+        return self.kv.numel() * self.kv.element_size() + out
 
 
 class SessionKV:
@@ -30,11 +51,15 @@ class SessionKV:
     re-concatenating the history.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, n_layers: int, n_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, output_width: int = 0
+    ) -> None:
         self.length = 0
         self._heads, self._head_dim = n_heads, head_dim
         self._dtype, self._device = dtype, device
         self._kv: list[torch.Tensor | None] = [None] * n_layers
+        self._output_width = output_width  # 0: outputs are not kept (the last partition)
+        self._outputs: torch.Tensor | None = None  # [capacity, width]
         self.last_used = 0.0
 
     def append(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
@@ -47,12 +72,51 @@ class SessionKV:
         buf[:, :, self.length : end] = kv
         return buf[:, :, :end]
 
+    def keep_outputs(self, rows: torch.Tensor) -> None:
+        """The step's output rows ([T, width]), kept after the committed length."""
+        if not self._output_width:
+            return
+        end = self.length + rows.shape[0]
+        if self._outputs is None or self._outputs.shape[0] < end:
+            old, capacity = self._outputs, max(64, 1 << (end - 1).bit_length())
+            self._outputs = torch.empty((capacity, self._output_width), dtype=self._dtype, device=self._device)
+            if old is not None and self.length:
+                self._outputs[: self.length] = old[: self.length]
+        self._outputs[self.length : end] = rows
+
+    def outputs(self, start: int, end: int) -> torch.Tensor | None:
+        """A copy of the kept output rows [start, end), or None if not all are held."""
+        if self._outputs is None or not 0 <= start <= end <= self.length:
+            return None
+        return self._outputs[start:end].clone()
+
     def commit(self, n_tokens: int) -> None:
         self.length += n_tokens
 
+    def rewind(self, length: int) -> None:
+        """Forget the positions from `length` on (the next step overwrites them)."""
+        self.length = min(self.length, length)
+
+    def block(self, index: int) -> PrefixBlock:
+        """A copy of positions [index * BLOCK_TOKENS, (index + 1) * BLOCK_TOKENS)."""
+        a, b = index * BLOCK_TOKENS, (index + 1) * BLOCK_TOKENS
+        kv = torch.stack([buf[:, :, a:b] for buf in self._kv])
+        outputs = self._outputs[a:b].clone() if self._outputs is not None else None
+        return PrefixBlock(kv, outputs)
+
+    def load(self, blocks: list[PrefixBlock]) -> None:
+        """Start this (new) session from consecutive blocks: positions [0, len(blocks) * BLOCK_TOKENS)."""
+        kv = torch.cat([b.kv for b in blocks], dim=3)  # [layers, 2, heads, n, head_dim]
+        for layer in range(len(self._kv)):
+            self.append(layer, kv[layer])
+        if self._output_width and all(b.outputs is not None for b in blocks):
+            self.keep_outputs(torch.cat([b.outputs for b in blocks]))
+        self.commit(kv.shape[3])
+
     @property
     def allocated_bytes(self) -> int:
-        return sum(buf.numel() * buf.element_size() for buf in self._kv if buf is not None)
+        kv = sum(buf.numel() * buf.element_size() for buf in self._kv if buf is not None)
+        return kv + (self._outputs.numel() * self._outputs.element_size() if self._outputs is not None else 0)
 
     def _grown(self, old: torch.Tensor | None, capacity: int) -> torch.Tensor:
         new = torch.empty((2, self._heads, capacity, self._head_dim), dtype=self._dtype, device=self._device)
@@ -72,6 +136,10 @@ class KVStats:
     evictions: int  # sessions evicted for the budget
     expirations: int  # sessions expired by the TTL
     misses: int  # steps refused with CacheMiss
+    prefix_blocks: int = 0  # prompt blocks kept for reuse
+    prefix_bytes: int = 0
+    prefix_hits: int = 0  # sessions started from kept blocks
+    prefix_reused_tokens: int = 0  # positions those sessions did not compute
 
 
 class KVCacheStore:
@@ -85,20 +153,25 @@ class KVCacheStore:
         max_tokens: int,
         ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
+        output_width: int = 0,
     ) -> None:
         self._dims = (n_layers, n_heads, head_dim)
         self._dtype, self._device = dtype, device
+        self._output_width = output_width  # the hidden size where outputs are kept, else 0
         self.max_tokens = max_tokens
         self.ttl_s = ttl_s
         self._clock = clock
         self._sessions: OrderedDict[str, SessionKV] = OrderedDict()  # LRU order, oldest first
+        self._prefix: OrderedDict[bytes, PrefixBlock] = OrderedDict()  # by chained hash, LRU order
         self.evictions = 0
         self.expirations = 0
         self.misses = 0
+        self.prefix_hits = 0
+        self.prefix_reused_tokens = 0
 
     @property
     def cached_tokens(self) -> int:
-        return sum(s.length for s in self._sessions.values())
+        return sum(s.length for s in self._sessions.values()) + len(self._prefix) * BLOCK_TOKENS
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -110,22 +183,32 @@ class KVCacheStore:
         s = self._sessions.get(session_id)
         return None if s is None else s.length
 
-    def prepare(self, steps: list[tuple[str, int, int]]) -> list[SessionKV]:
+    def prepare(self, steps: list[tuple[str, int, int]], reuse: dict[str, list[bytes]] | None = None) -> list[SessionKV]:
         """Check a whole batch of (session_id, position, n_tokens) before any is touched.
 
-        Position 0 starts the session afresh (a new request or a replay); any
-        other position must equal what the node holds. Nothing changes unless
-        every sequence of the batch is valid.
+        Position 0 starts the session afresh (a new request or a replay); so does
+        a sequence in `reuse`, from the kept blocks its hashes name, which must
+        be exactly the positions before its step. Any other position must be
+        one the node holds: the session is rewound to it. Nothing changes
+        unless every sequence of the batch is valid.
         """
         self.expire()
+        reuse = reuse or {}
         misses = {}
         for sid, position, _ in steps:
+            if sid in reuse:
+                if position != len(reuse[sid]) * BLOCK_TOKENS:
+                    raise StepInputError(f"session {sid!r}: {len(reuse[sid])} reused blocks end before position {position}")
+                lost = next((i for i, h in enumerate(reuse[sid]) if h not in self._prefix), None)
+                if lost is not None:
+                    misses[sid] = f"prefix block {lost} is no longer kept"
+                continue
             if position == 0:
                 continue
             held = self.length(sid)
             if held is None:
                 misses[sid] = f"no cache held (asked for position {position})"
-            elif held != position:
+            elif held < position:
                 misses[sid] = f"cache holds {held} positions, asked for position {position}"
         if misses:
             self.misses += 1
@@ -135,14 +218,56 @@ class KVCacheStore:
             raise CacheBudgetExceeded(f"a step of {needed} tokens exceeds the KV budget of {self.max_tokens}")
         sessions = []
         for sid, position, _ in steps:
-            if position == 0:
+            if position == 0 or sid in reuse:
                 self._sessions.pop(sid, None)
-                self._sessions[sid] = SessionKV(*self._dims, self._dtype, self._device)
+                self._sessions[sid] = SessionKV(*self._dims, self._dtype, self._device, self._output_width)
+                if sid in reuse:
+                    self._start_from_prefix(self._sessions[sid], reuse[sid])
+            session = self._sessions[sid]
+            session.rewind(position)
             self._sessions.move_to_end(sid)
-            self._sessions[sid].last_used = self._clock()
-            sessions.append(self._sessions[sid])
+            session.last_used = self._clock()
+            sessions.append(session)
         self._evict_for(needed, protect={sid for sid, _, _ in steps})
         return sessions
+
+    def _start_from_prefix(self, session: SessionKV, hashes: list[bytes]) -> None:
+        blocks = []
+        for h in hashes:
+            self._prefix.move_to_end(h)
+            blocks.append(self._prefix[h])
+        session.load(blocks)
+        self.prefix_hits += 1
+        self.prefix_reused_tokens += session.length
+
+    def keep_prefix(self, session: SessionKV, hashes: list[bytes]) -> int:
+        """Keep a copy of each block of `session` that `hashes` names (block i is
+        positions [16 i, 16 i + 16)) and that it holds whole, within the budget:
+        older kept blocks make room, sessions never do. Returns the blocks added."""
+        added, total = 0, self.cached_tokens
+        for i, h in enumerate(hashes[: session.length // BLOCK_TOKENS]):
+            if h in self._prefix:
+                self._prefix.move_to_end(h)
+                continue
+            while self._prefix and total + BLOCK_TOKENS > self.max_tokens:
+                self._prefix.popitem(last=False)
+                total -= BLOCK_TOKENS
+            if total + BLOCK_TOKENS > self.max_tokens:
+                break
+            self._prefix[h] = session.block(i)
+            total += BLOCK_TOKENS
+            added += 1
+        return added
+
+    def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
+        """The output rows [start, end) the session kept; a CacheMiss if it does not hold them all."""
+        s = self._sessions.get(session_id)
+        rows = s.outputs(start, end) if s is not None else None
+        if rows is None:
+            self.misses += 1
+            held = "no cache held" if s is None else f"holds {s.length} positions"
+            raise CacheMiss({session_id: f"outputs [{start}, {end}) not kept ({held})"})
+        return rows
 
     def drop(self, session_ids: Iterable[str]) -> int:
         return sum(self._sessions.pop(sid, None) is not None for sid in session_ids)
@@ -159,24 +284,33 @@ class KVCacheStore:
         session list (one C-level copy under the GIL), never iterates the live one."""
         for _ in range(10):
             try:
-                sessions = list(self._sessions.values())
+                sessions, prefix = list(self._sessions.values()), list(self._prefix.values())
                 break
             except RuntimeError:  # mutated during the copy: try again
                 continue
         else:
-            sessions = []
+            sessions, prefix = [], []
         return KVStats(
             sessions=len(sessions),
-            cached_tokens=sum(s.length for s in sessions),
-            allocated_bytes=sum(s.allocated_bytes for s in sessions),
+            cached_tokens=sum(s.length for s in sessions) + len(prefix) * BLOCK_TOKENS,
+            allocated_bytes=sum(s.allocated_bytes for s in sessions) + sum(b.nbytes for b in prefix),
             max_tokens=self.max_tokens,
             evictions=self.evictions,
             expirations=self.expirations,
             misses=self.misses,
+            prefix_blocks=len(prefix),
+            prefix_bytes=sum(b.nbytes for b in prefix),
+            prefix_hits=self.prefix_hits,
+            prefix_reused_tokens=self.prefix_reused_tokens,
         )
 
     def _evict_for(self, incoming: int, protect: set[str]) -> None:
+        """Kept prompt blocks go first (a copy: losing one costs only a later
+        prefill), then the least recently used sessions."""
         total = self.cached_tokens + incoming
+        while self._prefix and total > self.max_tokens:
+            self._prefix.popitem(last=False)
+            total -= BLOCK_TOKENS
         for sid in list(self._sessions):
             if total <= self.max_tokens:
                 return

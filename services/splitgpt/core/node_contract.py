@@ -27,6 +27,12 @@ class SequenceStep:
     position: int  # of the sequence's first new row; 0 starts its session afresh
     length: int  # rows of the packed hidden states that are this sequence's
     sampling: SamplingSpec = SamplingSpec()
+    # Prefix reuse (core.prefix_cache): the chained hashes of the prompt's full
+    # blocks, sent with its prefill steps; the node keeps each block it then holds
+    # whole. The first `reuse_blocks` of them start the session instead of
+    # position 0: the step's rows begin right after them.
+    block_hashes: tuple[bytes, ...] = ()
+    reuse_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,10 @@ class NodeClient(Protocol):
     async def embed(self, items: list[tuple[list[int], int]]) -> list[torch.Tensor]: ...
     async def step(self, batch: StepBatch) -> StepResult: ...
     async def release(self, session_ids: list[str]) -> None: ...
+    async def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
+        """The output rows [start, end) the node kept for the session (not the last
+        partition): the next partition's inputs, to rebuild its cache. CacheMiss if not kept."""
+        ...
 
 
 class ChainClient(Protocol):
@@ -71,11 +81,12 @@ class ChainClient(Protocol):
 
 
 class CacheMiss(Exception):
-    """A step for a session the node does not hold at that position.
+    """A step for a session the node does not hold at that position (or outputs,
+    or prefix blocks, it does not keep).
 
     Raised by the node's KV store; seen by the coordinator (after the wire, as
-    FAILED_PRECONDITION) as the signal to replay the sequences of that step
-    from position 0. Eviction, node restarts and failover all become this one path.
+    FAILED_PRECONDITION) as the signal to rebuild that node's cache for the
+    sequences of that step, or replay them from position 0.
     `misses` maps session id -> why; a client that only has the remote message
     passes it as `detail` and leaves `misses` empty.
     """

@@ -20,6 +20,7 @@ from .engine_observer import NO_NODE_OBSERVER, NodeStepObserver
 from .gpt2_partition import GPT2Partition
 from .kv_cache import KVCacheStore
 from .node_contract import SequenceStep, StepBatch, StepInputError, StepResult, WrongPartition
+from .prefix_cache import BLOCK_TOKENS, HASH_BYTES
 from .sampling import sample_with_alternatives
 
 
@@ -60,6 +61,9 @@ class NodeEngine:
             device=partition.device,
             max_tokens=kv_max_tokens,
             ttl_s=kv_ttl_s,
+            # Every partition but the last keeps its outputs: the next one's inputs,
+            # to rebuild a replica of it that lost its cache (core.kv_cache).
+            output_width=0 if partition.holds_head else partition.hidden_size,
         )
 
     @property
@@ -93,15 +97,21 @@ class NodeEngine:
         started = time.perf_counter()
         decode_rows = self._validate(batch)
         self._set_threads(batch.concurrent_steps)
-        sessions = self.cache.prepare([(s.session_id, s.position, s.length) for s in batch.sequences])
+        reuse = {s.session_id: list(s.block_hashes[: s.reuse_blocks]) for s in batch.sequences if s.reuse_blocks}
+        sessions = self.cache.prepare([(s.session_id, s.position, s.length) for s in batch.sequences], reuse)
         try:
             out = self.partition.forward(batch.hidden, batch.lengths, sessions)
         except BaseException:
             # Partly written caches must not be trusted: the coordinator replays them.
             self.cache.drop(s.session_id for s in batch.sequences)
             raise
+        offset = 0
         for session, s in zip(sessions, batch.sequences, strict=True):
+            session.keep_outputs(out[offset : offset + s.length])
+            offset += s.length
             session.commit(s.length)
+            if s.block_hashes:
+                self.cache.keep_prefix(session, list(s.block_hashes))
         result = self._sample(batch, out) if self.is_last else StepResult(hidden=out)
         seconds = time.perf_counter() - started
         self.observer.step(batch.hidden.shape[0] - decode_rows, decode_rows, len(batch.sequences), seconds)
@@ -166,6 +176,7 @@ class NodeEngine:
                 raise StepInputError(f"session {s.session_id!r}: positions outside the context [0, {n_ctx})")
             if self.is_last:
                 _check_sampling(s, vocab)
+            _check_prefix(s, n_ctx)
             decode_rows += s.length == 1 and s.position > 0
         return decode_rows
 
@@ -180,9 +191,27 @@ class NodeEngine:
     def release(self, session_ids: list[str]) -> int:
         return self.cache.drop(session_ids)
 
+    def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
+        if self.is_last:
+            raise WrongPartition("the last partition keeps no outputs: nothing comes after it")
+        if not 0 <= start <= end <= self.n_ctx:
+            raise StepInputError(f"outputs [{start}, {end}) outside the context [0, {self.n_ctx}]")
+        return self.cache.outputs(session_id, start, end)
+
 
 MAX_SESSION_ID_CHARS = 512
 _thread_state = threading.local()  # the thread count each thread last set (_set_threads)
+
+
+def _check_prefix(s: SequenceStep, n_ctx: int) -> None:
+    """Prefix hashes a node would store or look up: bounded, well-formed, consistent."""
+    if len(s.block_hashes) > n_ctx // BLOCK_TOKENS or any(len(h) != HASH_BYTES for h in s.block_hashes):
+        raise StepInputError(f"session {s.session_id!r}: at most {n_ctx // BLOCK_TOKENS} block hashes of {HASH_BYTES} bytes each")
+    if s.reuse_blocks and (s.reuse_blocks > len(s.block_hashes) or s.position != s.reuse_blocks * BLOCK_TOKENS):
+        raise StepInputError(
+            f"session {s.session_id!r}: reuse_blocks {s.reuse_blocks} needs as many block hashes "
+            f"and position {s.reuse_blocks * BLOCK_TOKENS}"
+        )
 
 
 def _check_sampling(s: SequenceStep, vocab: int) -> None:

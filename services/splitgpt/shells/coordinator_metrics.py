@@ -53,8 +53,16 @@ class CoordinatorMetrics(GenerationObserver):
         self._step = Histogram("splitgpt_coordinator_step_duration_seconds",
                                "One partition's step: with relay its compute as the node reports it, in the star the call as the coordinator times it (network included)", ["partition", "node"],
                                buckets=STEP_BUCKETS, registry=r)  # fmt: skip
-        self._replays = Counter("splitgpt_coordinator_replays_total", "Sequences replayed from position 0", ["reason"],
+        self._replays = Counter("splitgpt_coordinator_replays_total", "Sequences that lost a cache: a partition rebuilt, or a replay from position 0", ["reason"],
                                 registry=r)  # fmt: skip
+        self._rebuilt = Counter("splitgpt_coordinator_rebuilt_tokens_total",
+                                "Positions recomputed on one partition to rebuild a replica's cache of a sequence "
+                                "(the other partitions recompute none)", ["partition"], registry=r)  # fmt: skip
+        self._prefix_prompt = Counter("splitgpt_coordinator_prefix_prompt_tokens_total",
+                                      "Prompt tokens of prefills from position 0 with prefix reuse on", registry=r)  # fmt: skip
+        self._prefix_reused = Counter("splitgpt_coordinator_prefix_reused_tokens_total",
+                                      "Of those, tokens whose K/V the nodes kept from earlier requests (not computed)",
+                                      registry=r)  # fmt: skip
         self._failovers = Counter("splitgpt_coordinator_failovers_total",
                                   "Step calls that failed on a replica (its sequences move)", ["partition", "node"],
                                   registry=r)  # fmt: skip
@@ -103,6 +111,14 @@ class CoordinatorMetrics(GenerationObserver):
 
     def replay(self, reason: str) -> None:
         self._replays.labels(reason).inc()
+
+    def rebuilt(self, partition: int, tokens: int) -> None:
+        self._rebuilt.labels(str(partition)).inc(tokens)
+
+    def prefix_lookup(self, prompt_tokens: int, reused_tokens: int) -> None:
+        self._prefix_prompt.inc(prompt_tokens)
+        if reused_tokens:
+            self._prefix_reused.inc(reused_tokens)
 
     def failover(self, partition: int, node_id: str) -> None:
         self._failovers.labels(str(partition), node_id).inc()

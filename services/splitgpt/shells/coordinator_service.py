@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 from ..core.cluster_config import ClusterConfig
 from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
 from ..core.engine_observer import NO_GENERATION_OBSERVER, GenerationObserver
+from ..core.prefix_cache import PrefixIndex
 from ..logs import configure
 from ..rpc import coordinator_pb2, coordinator_pb2_grpc
 from .cli_settings import settings_from_cli
@@ -55,6 +56,9 @@ class CoordinatorSettings(InternalSecuritySettings):
     # Relay: the nodes pass each step's rows along the chain themselves and the last
     # answers (shells.relay); off: the coordinator calls every partition in turn.
     relay: bool = True
+    # Prefix reuse (core.prefix_cache): nodes keep prompt blocks, later prompts that
+    # start with them skip their prefill; off: every prompt is prefilled in full.
+    prefix_cache: bool = True
     # Prometheus /metrics over plain HTTP on its own port (docs/metrics.md); 0: off.
     metrics_port: int = 0
     metrics_host: str | None = None  # None: `host`
@@ -90,6 +94,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 unavailable_grace_s=self.settings.unavailable_grace_s,
                 observer=self.observer,
                 relay=RelayClient() if self.settings.relay else None,
+                prefix_index=PrefixIndex() if self.settings.prefix_cache else None,
             )
         return self.engine
 

@@ -48,6 +48,10 @@ class GrpcNodeClient:
     async def release(self, session_ids: list[str]) -> None:
         await self._call(self.stub.Release, node_pb2.ReleaseRequest(session_ids=session_ids))
 
+    async def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
+        request = node_pb2.ReadOutputsRequest(session_id=session_id, start=start, end=end)
+        return tensor_from_proto((await self._call(self.stub.ReadOutputs, request)).hidden)
+
     async def _call(self, method, request, timeout_s: float | None = None):
         try:
             return await method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
@@ -68,6 +72,8 @@ def step_request(batch: StepBatch) -> node_pb2.StepRequest:
                 length=s.length,
                 sampling=sampling_to_proto(s.sampling),
                 top_logprobs=s.sampling.top_logprobs,
+                block_hashes=s.block_hashes,
+                reuse_blocks=s.reuse_blocks,
             )
             for s in batch.sequences
         ],

@@ -258,7 +258,14 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         sampled = engine.is_last  # only the last partition samples: the others skip the conversion
         batch = StepBatch(
             [
-                SequenceStep(s.session_id, s.position, s.length, _sampling(s) if sampled else NOT_SAMPLED)
+                SequenceStep(
+                    s.session_id,
+                    s.position,
+                    s.length,
+                    _sampling(s) if sampled else NOT_SAMPLED,
+                    tuple(s.block_hashes),
+                    s.reuse_blocks,
+                )
                 for s in request.sequences
             ],
             tensor_from_proto(request.hidden),
@@ -290,6 +297,10 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
     async def Release(self, request, context):
         released = await self._run(self.engine.release, list(request.session_ids))
         return node_pb2.ReleaseResponse(released=released)
+
+    async def ReadOutputs(self, request, context):
+        rows = await self._run(self.engine.outputs, request.session_id, request.start, request.end)
+        return node_pb2.ReadOutputsResponse(hidden=tensor_to_proto(rows))
 
 
 async def start(settings: NodeSettings, executor: Executor | None = None) -> GrpcServer:
