@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from splitgpt.core.kv_cache import CacheBudgetExceeded, CacheMiss, KVCacheStore
+from splitgpt.core.node_contract import StepInputError
 
 
 class Clock:
@@ -51,6 +52,18 @@ def test_wrong_position_or_unknown_session_is_a_miss_and_changes_nothing():
         s.prepare([("a", 7, 1)])
 
 
+def test_a_step_behind_the_held_position_rewinds_to_it():
+    """After a failure part of a chain may hold a step the rest never saw: sent
+    again, it overwrites those positions."""
+    s = store()
+    fill(s, "a", 0, 5)
+    (session,) = s.prepare([("a", 3, 1)])
+    assert session.length == 3
+    session.append(0, torch.full((2, 2, 1, 4), 7.0))
+    session.commit(1)
+    assert s.length("a") == 4
+
+
 def test_position_zero_restarts_a_session():
     s = store()
     fill(s, "a", 0, 5)
@@ -87,3 +100,62 @@ def test_release():
     s = store()
     fill(s, "a", 0, 2)
     assert s.drop(["a", "zzz"]) == 1 and len(s) == 0
+
+
+def kept(max_tokens=1000, width=3) -> KVCacheStore:
+    """A store that keeps outputs `width` wide (a partition that is not the last)."""
+    return KVCacheStore(2, 2, 4, torch.float32, torch.device("cpu"), max_tokens, 60.0, Clock(), output_width=width)
+
+
+def step(s: KVCacheStore, sid: str, position: int, n: int, reuse=None, value: float | None = None):
+    (session,) = s.prepare([(sid, position, n)], reuse)
+    kv = torch.randn(2, 2, n, 4) if value is None else torch.full((2, 2, n, 4), value)
+    for layer in range(2):
+        session.append(layer, kv)
+    session.keep_outputs(torch.arange(position, position + n, dtype=torch.float32)[:, None].expand(n, 3))
+    session.commit(n)
+    return session
+
+
+def test_outputs_are_kept_for_every_held_position_and_refused_beyond():
+    s = kept()
+    step(s, "a", 0, 70)  # past the first capacity: the outputs buffer grows too
+    step(s, "a", 70, 1)
+    assert s.outputs("a", 0, 71)[:, 0].tolist() == list(range(71))
+    with pytest.raises(CacheMiss, match="not kept"):
+        s.outputs("a", 0, 72)
+    with pytest.raises(CacheMiss, match="no cache held"):
+        s.outputs("b", 0, 1)
+
+
+def test_kept_prompt_blocks_start_a_new_session_with_their_kv_and_outputs():
+    s = kept()
+    hashes = [bytes([i]) * 16 for i in range(3)]
+    first = step(s, "a", 0, 40)  # two whole blocks of 16, and 8 positions
+    assert s.keep_prefix(first, hashes) == 2  # the third block is not whole
+    assert s.stats().prefix_blocks == 2 and s.cached_tokens == 40 + 32
+    second = step(s, "b", 32, 4, reuse={"b": hashes[:2]})
+    assert second.length == 36
+    keys, _ = second.append(0, torch.zeros(2, 2, 0, 4))
+    first_keys, _ = first.append(0, torch.zeros(2, 2, 0, 4))
+    assert torch.equal(keys[:, :32], first_keys[:, :32])
+    assert s.outputs("b", 0, 36)[:, 0].tolist() == list(range(36))
+    stats = s.stats()
+    assert stats.prefix_hits == 1 and stats.prefix_reused_tokens == 32
+
+
+def test_a_block_no_longer_kept_is_a_miss_and_a_reuse_must_end_at_the_step():
+    s = kept()
+    hashes = [bytes([i]) * 16 for i in range(2)]
+    with pytest.raises(CacheMiss, match="prefix block 0"):
+        s.prepare([("b", 32, 1)], {"b": hashes})
+    with pytest.raises(StepInputError):
+        s.prepare([("b", 16, 1)], {"b": hashes})
+
+
+def test_kept_blocks_are_evicted_before_any_session_and_never_evict_one():
+    s = kept(max_tokens=64)
+    a = step(s, "a", 0, 48)
+    assert s.keep_prefix(a, [bytes([i]) * 16 for i in range(3)]) == 1  # room for one block: sessions stay
+    step(s, "b", 0, 16)  # needs the room the block took
+    assert s.stats().prefix_blocks == 0 and "a" in s and "b" in s

@@ -245,19 +245,27 @@ class KVCacheStore:
         positions [16 i, 16 i + 16)) and that it holds whole, within the budget:
         older kept blocks make room, sessions never do. Returns the blocks added."""
         added, total = 0, self.cached_tokens
-        for i, h in enumerate(hashes[: session.length // BLOCK_TOKENS]):
+        whole = hashes[: session.length // BLOCK_TOKENS]
+        for i, h in enumerate(whole):
             if h in self._prefix:
                 self._prefix.move_to_end(h)
                 continue
-            while self._prefix and total + BLOCK_TOKENS > self.max_tokens:
-                self._prefix.popitem(last=False)
+            while total + BLOCK_TOKENS > self.max_tokens and self._evict_block(keep=set(whole[:i])):
                 total -= BLOCK_TOKENS
             if total + BLOCK_TOKENS > self.max_tokens:
-                break
+                break  # no room but this chain's own earlier blocks: a later block is useless without them
             self._prefix[h] = session.block(i)
             total += BLOCK_TOKENS
             added += 1
         return added
+
+    def _evict_block(self, keep: set[bytes]) -> bool:
+        """Evict the least recently used kept block not in `keep`; False if none."""
+        oldest = next((h for h in self._prefix if h not in keep), None)
+        if oldest is None:
+            return False
+        del self._prefix[oldest]
+        return True
 
     def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
         """The output rows [start, end) the session kept; a CacheMiss if it does not hold them all."""

@@ -85,6 +85,8 @@ class CoordinatorMetrics(GenerationObserver):
         # Series that exist from the start, so rates and alerts see zeros rather than nothing.
         for reason in ("cache_miss", "moved", "step_failed"):
             self._replays.labels(reason)
+        for partition in range(router.num_partitions):
+            self._rebuilt.labels(str(partition))
         for reason in ("overloaded", "unavailable"):
             self._rejected.labels(reason)
         self._finished_by_reason = {reason: self._finished.labels(reason) for reason in FINISH_REASONS}
