@@ -512,6 +512,7 @@ class GenerationEngine:
         0: the history's embeddings). True when none is left stale."""
         end, chain = seq.position, seq.chain
         for p in sorted(seq.stale):
+            started = time.perf_counter()
             source = chain[p - 1] if p > 0 else chain[-1]
             try:
                 if p > 0:
@@ -528,6 +529,7 @@ class GenerationEngine:
                 return False
             seq.stale.discard(p)
             self.observer.rebuilt(p, end)
+            log.info("rebuilt %s on %s: %d positions in %.2fs", seq.session_id, chain[p].node_id, end, time.perf_counter() - started)
         return True
 
     async def _refill(self, seq: _Sequence, replica: Replica, rows: torch.Tensor) -> bool:
