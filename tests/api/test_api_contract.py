@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from tests.metrics_text import scrape
+
 PROMPTS = ["Hello, my name is", "The quick brown fox", "In 1969, the first", "naïve café 👋 世界"]
 
 
@@ -33,6 +35,22 @@ def test_greedy_output_equals_one_hf_process(api, hf_model, hf_tokenizer, prompt
     body = r.json()
     assert body["generated_text"] == hf_text(hf_model, hf_tokenizer, prompt, 24)
     assert body["usage"]["prompt_tokens"] == len(hf_tokenizer(prompt)["input_ids"])
+
+
+def test_a_prompt_sharing_an_earlier_ones_prefix_reuses_it_and_still_equals_hf(api, stack, hf_model, hf_tokenizer):
+    """Prefix reuse (on by default): the second prompt starts with the first's
+    whole 16-token blocks, which the nodes kept; its text is still HF's own."""
+    shared = "A system prompt that every request of this chat begins with, long enough for several blocks. " * 2
+    coordinator = f"http://127.0.0.1:{stack.metrics_base}/metrics"
+    reused_before = scrape(coordinator).value("splitgpt_coordinator_prefix_reused_tokens_total")
+    for question in ("What is the weather like?", "Who wrote this?"):
+        prompt = shared + question
+        r = api.post("/api/model/process", json={"text": prompt, "max_tokens": 16, "cache": False})
+        assert r.status_code == 200, r.text
+        assert r.json()["generated_text"] == hf_text(hf_model, hf_tokenizer, prompt, 16)
+    shared_blocks = len(hf_tokenizer(shared)["input_ids"]) // 16
+    reused = scrape(coordinator).value("splitgpt_coordinator_prefix_reused_tokens_total") - reused_before
+    assert reused == 16 * shared_blocks > 0
 
 
 def test_response_contract(api, stack):
