@@ -159,3 +159,18 @@ def test_kept_blocks_are_evicted_before_any_session_and_never_evict_one():
     assert s.keep_prefix(a, [bytes([i]) * 16 for i in range(3)]) == 1  # room for one block: sessions stay
     step(s, "b", 0, 16)  # needs the room the block took
     assert s.stats().prefix_blocks == 0 and "a" in s and "b" in s
+
+
+def test_kept_blocks_outlive_their_session_and_what_it_overwrites():
+    """Blocks are kept as views of the session's buffers: a rewind over them, a buffer
+    that grows, or the session's release copies them out first."""
+    s = kept()
+    hashes = [bytes([i]) * 16 for i in range(2)]
+    a = step(s, "a", 0, 32, value=1.0)
+    s.keep_prefix(a, hashes)
+    step(s, "a", 16, 8, value=2.0)  # rewound over the second block, which keeps its 1.0s
+    step(s, "a", 24, 100, value=3.0)  # the buffers double
+    s.drop(["a"])
+    b = step(s, "b", 32, 1, reuse={"b": hashes})
+    keys, _ = b.append(0, torch.zeros(2, 2, 0, 4))
+    assert torch.all(keys[:, :32] == 1.0)

@@ -26,18 +26,31 @@ from .node_contract import CacheBudgetExceeded, CacheMiss, StepInputError
 from .prefix_cache import BLOCK_TOKENS
 
 
-@dataclass(frozen=True)
 class PrefixBlock:
-    """A copy of BLOCK_TOKENS positions of one session: K/V of every local layer
-    ([layers, 2, heads, BLOCK_TOKENS, head_dim]) and, if kept, the output rows."""
+    """BLOCK_TOKENS positions of one session, kept for reuse: each local layer's
+    K/V ([2, heads, BLOCK_TOKENS, head_dim]) and, where kept, the output rows.
 
-    kv: torch.Tensor
-    outputs: torch.Tensor | None
+    Kept without a copy: while the session that computed them lives, these are
+    views of its buffers, because copying a 400-token prompt's blocks cost 3-5 ms
+    a node, on the path to the first token. The session copies them out (`own`)
+    before it writes over, grows or gives up those buffers, which happens after
+    the request (its release) or rarely (a rewind, a buffer that doubles).
+    """
+
+    __slots__ = ("kv", "outputs", "kept")
+
+    def __init__(self, kv: list[torch.Tensor], outputs: torch.Tensor | None) -> None:
+        self.kv, self.outputs = kv, outputs
+        self.kept = True  # False once the store evicted it: nothing to copy out then
+
+    def own(self) -> None:
+        self.kv = [t.clone() for t in self.kv]
+        self.outputs = self.outputs.clone() if self.outputs is not None else None
 
     @property
     def nbytes(self) -> int:
         out = self.outputs.numel() * self.outputs.element_size() if self.outputs is not None else 0
-        return self.kv.numel() * self.kv.element_size() + out
+        return sum(t.numel() * t.element_size() for t in self.kv) + out
 
 
 class SessionKV:
@@ -60,6 +73,8 @@ class SessionKV:
         self._kv: list[torch.Tensor | None] = [None] * n_layers
         self._output_width = output_width  # 0: outputs are not kept (the last partition)
         self._outputs: torch.Tensor | None = None  # [capacity, width]
+        self._lent: list[PrefixBlock] = []  # kept blocks that are views of these buffers
+        self._lent_end = 0  # the end of the last position they view
         self.last_used = 0.0
 
     def append(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
@@ -68,6 +83,7 @@ class SessionKV:
         end = self.length + kv.shape[2]
         buf = self._kv[layer]
         if buf is None or buf.shape[2] < end:
+            self.close()
             buf = self._kv[layer] = self._grown(buf, max(64, 1 << (end - 1).bit_length()))
         buf[:, :, self.length : end] = kv
         return buf[:, :, :end]
@@ -78,6 +94,7 @@ class SessionKV:
             return
         end = self.length + rows.shape[0]
         if self._outputs is None or self._outputs.shape[0] < end:
+            self.close()
             old, capacity = self._outputs, max(64, 1 << (end - 1).bit_length())
             self._outputs = torch.empty((capacity, self._output_width), dtype=self._dtype, device=self._device)
             if old is not None and self.length:
@@ -95,23 +112,33 @@ class SessionKV:
 
     def rewind(self, length: int) -> None:
         """Forget the positions from `length` on (the next step overwrites them)."""
+        if length < self._lent_end:
+            self.close()
         self.length = min(self.length, length)
 
     def block(self, index: int) -> PrefixBlock:
-        """A copy of positions [index * BLOCK_TOKENS, (index + 1) * BLOCK_TOKENS)."""
+        """Positions [index * BLOCK_TOKENS, (index + 1) * BLOCK_TOKENS), as views (PrefixBlock says why)."""
         a, b = index * BLOCK_TOKENS, (index + 1) * BLOCK_TOKENS
-        kv = torch.stack([buf[:, :, a:b] for buf in self._kv])
-        outputs = self._outputs[a:b].clone() if self._outputs is not None else None
-        return PrefixBlock(kv, outputs)
+        block = PrefixBlock([buf[:, :, a:b] for buf in self._kv], self._outputs[a:b] if self._outputs is not None else None)
+        self._lent.append(block)
+        self._lent_end = max(self._lent_end, b)
+        return block
+
+    def close(self) -> None:
+        """Copy the kept blocks that view these buffers out of them (before they change or go)."""
+        for block in self._lent:
+            if block.kept:
+                block.own()
+        self._lent.clear()
+        self._lent_end = 0
 
     def load(self, blocks: list[PrefixBlock]) -> None:
         """Start this (new) session from consecutive blocks: positions [0, len(blocks) * BLOCK_TOKENS)."""
-        kv = torch.cat([b.kv for b in blocks], dim=3)  # [layers, 2, heads, n, head_dim]
         for layer in range(len(self._kv)):
-            self.append(layer, kv[layer])
+            self.append(layer, torch.cat([b.kv[layer] for b in blocks], dim=2))
         if self._output_width and all(b.outputs is not None for b in blocks):
             self.keep_outputs(torch.cat([b.outputs for b in blocks]))
-        self.commit(kv.shape[3])
+        self.commit(len(blocks) * BLOCK_TOKENS)
 
     @property
     def allocated_bytes(self) -> int:
@@ -219,7 +246,7 @@ class KVCacheStore:
         sessions = []
         for sid, position, _ in steps:
             if position == 0 or sid in reuse:
-                self._sessions.pop(sid, None)
+                self._discard(sid)
                 self._sessions[sid] = SessionKV(*self._dims, self._dtype, self._device, self._output_width)
                 if sid in reuse:
                     self._start_from_prefix(self._sessions[sid], reuse[sid])
@@ -264,7 +291,7 @@ class KVCacheStore:
         oldest = next((h for h in self._prefix if h not in keep), None)
         if oldest is None:
             return False
-        del self._prefix[oldest]
+        self._evict_prefix(oldest)
         return True
 
     def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
@@ -278,7 +305,17 @@ class KVCacheStore:
         return rows
 
     def drop(self, session_ids: Iterable[str]) -> int:
-        return sum(self._sessions.pop(sid, None) is not None for sid in session_ids)
+        return sum(self._discard(sid) for sid in session_ids)
+
+    def _discard(self, session_id: str) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.close()  # the kept blocks it computed outlive it
+        return True
+
+    def _evict_prefix(self, h: bytes) -> None:
+        self._prefix.pop(h).kept = False
 
     def expire(self) -> int:
         cutoff = self._clock() - self.ttl_s
@@ -317,12 +354,13 @@ class KVCacheStore:
         prefill), then the least recently used sessions."""
         total = self.cached_tokens + incoming
         while self._prefix and total > self.max_tokens:
-            self._prefix.popitem(last=False)
+            self._evict_prefix(next(iter(self._prefix)))
             total -= BLOCK_TOKENS
         for sid in list(self._sessions):
             if total <= self.max_tokens:
                 return
             if sid in protect:
                 continue
-            total -= self._sessions.pop(sid).length
+            total -= self._sessions[sid].length
+            self._discard(sid)
             self.evictions += 1
