@@ -19,7 +19,7 @@ DTYPE ?= float32
 UP_FLAGS ?=
 TINY_MODEL := models/tiny-gpt2
 
-.PHONY: install stubs up test test-fast lint bench tiny-model up-tiny clean
+.PHONY: install stubs up test test-fast lint bench bench-failover tiny-model up-tiny clean
 
 install: $(INSTALLED)
 
@@ -68,9 +68,16 @@ lint: $(INSTALLED)
 
 # The stack against one Hugging Face process on a GPT-2-small-shaped checkpoint;
 # prints ratios measured in this run and writes run/bench/latest.{json,txt,png}.
+# BENCH_FLAGS: more options, e.g. the big-model mode (a 6.2 GB checkpoint, ~15 min):
+#   make bench BENCH_FLAGS="--geometry gpt2-xl --partitions 4 --new-tokens 32 --rounds 2"
+BENCH_FLAGS ?=
 bench: stubs
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	HF_HUB_OFFLINE=1 $(BIN)/splitgpt bench
+	HF_HUB_OFFLINE=1 $(BIN)/splitgpt bench $(BENCH_FLAGS)
+
+# What a failover costs one request: the serving middle replica killed mid-generation.
+bench-failover: stubs
+	HF_HUB_OFFLINE=1 $(BIN)/python -m splitgpt.bench.failover $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(STUBS) $(STUBS:_pb2.py=_pb2_grpc.py) $(STUBS:.py=.pyi) run

@@ -141,3 +141,29 @@ def test_bench_runs_interleaved_rounds_per_dtype_and_the_hop_and_writes_its_repo
     assert busy["measurements"] == (2 * 4 + 2 * 2) + 2 * 4 + 2 * 2  # float32 rounds + curve, bfloat16 rounds, hop
     assert busy["max_other_cores"] >= 0 and busy["max_steal_cores"] >= 0
     assert "failed requests in the whole run: 0" in text
+
+
+@pytest.mark.system  # starts real services as processes
+def test_big_model_mode_reports_each_nodes_memory_the_speed_ratios_and_prefix_reuse(tiny_checkpoint, tmp_path):
+    """`splitgpt bench --geometry ...` on the tiny checkpoint: what it measures and
+    reports, not how fast (its figures on gpt2-xl are in the README)."""
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "splitgpt.cli", "bench", "--geometry", "gpt2", "--geometry-dir", str(tiny_checkpoint),
+         "--partitions", "2", "--split", "even", "--rounds", "1", "--new-tokens", "4", "--concurrency", "2",
+         "--prefix-tokens", "48", "--unique-tokens", "4", "--prefix-requests", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "gpt2.json").read_text())
+    text = (out / "gpt2.txt").read_text()
+    assert results["failed_requests"] == 0 and results["cpu"]["model"] in text
+    nodes = results["memory"]["nodes"]
+    assert [n["partition"] for n in nodes] == [0, 1] and all(n["weight_bytes"] > 0 and n["resident_bytes"] > 0 for n in nodes)
+    assert sum(n["weight_bytes"] for n in nodes) <= results["checkpoint_bytes"] * 1.5  # the packed head aside, shares
+    assert results["memory"]["hf_resident_bytes"] > 0
+    assert set(results["ratios"]) == {"weights_share", "resident_share", "single_stream_decode", "throughput", "prefix_ttft"}
+    assert all(v > 0 for v in results["ratios"].values())
+    assert results["prefix"]["on"]["requests"] == results["prefix"]["off"]["requests"] == 2
+    for line in ("partition 0: weights", "partition 1: weights", "shared prefix (48 shared tokens", "target <= 0.3"):
+        assert line in text, text

@@ -85,7 +85,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3,
                    help="baseline/stack pairs per dtype (and 1-/3-partition pairs) for the headline ratios")  # fmt: skip
     p.add_argument("--stack-args", default="", help="extra `splitgpt up` arguments (every stack)")
-    return p.parse_args(argv)
+    big = p.add_argument_group("big model (bench.big_model): memory per node, speed and prefix reuse on a real geometry")
+    big.add_argument("--geometry", default=None,
+                     help="measure this GPT-2 geometry instead (gpt2, gpt2-medium, gpt2-large, gpt2-xl), e.g. "
+                          "--geometry gpt2-xl --partitions 4 --new-tokens 32")  # fmt: skip
+    big.add_argument("--geometry-dir", type=Path, default=None,
+                     help="its checkpoint (default models/<geometry>; a random one is written if absent)")  # fmt: skip
+    big.add_argument("--concurrency", type=int, default=8, help="concurrent requests, against an HF batch of as many")
+    big.add_argument("--prefix-tokens", type=int, default=400, help="the shared-prefix workload's shared tokens")
+    big.add_argument("--unique-tokens", type=int, default=20, help="... and each request's own")
+    big.add_argument("--prefix-requests", type=int, default=32, help="... and its requests, one at a time")
+    args = p.parse_args(argv)
+    # Big-model mode measures one dtype: the first asked for, float32 by default.
+    args.big_dtype = "float32" if args.dtypes.strip() == "auto" else args.dtypes.split(",")[0].strip()
+    return args
 
 
 def describe_model(path: Path) -> str:
@@ -416,6 +429,10 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.geometry:
+        from .big_model import main as big_model_main
+
+        return big_model_main(args)
     cpu = cpu_facts()
     print(cpu_line(cpu), flush=True)
     dtypes = choose_dtypes(args.dtypes, cpu)
