@@ -181,6 +181,9 @@ def test_ops_endpoints(api):
         (1, [2, 3], "SERVING"),
         (2, [3, 4], "SERVING"),
     ]
+    # What each node holds: its weights (the last, with the tied embedding, the most) and its resident memory.
+    assert all(n["weight_bytes"] > 0 and n["resident_bytes"] > n["weight_bytes"] for n in nodes)
+    assert nodes[2]["weight_bytes"] > nodes[1]["weight_bytes"]
     assert api.get("/docs").status_code == 200
     assert "/api/model/process" in api.get("/openapi.json").json()["paths"]
 

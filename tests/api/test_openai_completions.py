@@ -34,6 +34,10 @@ def test_models_lists_the_served_model_with_its_partitions(client, model, stack)
     parts = card["splitgpt"]["partitions"]
     assert [p["partition"] for p in parts] == [0, 1, 2]
     assert parts[0]["layers"][0] == 0 and all(p["serving"] >= 1 and p["nodes"] for p in parts)
+    # Each replica's weights and resident memory, in its nodes' order: the split's cost in bytes.
+    for p in parts:
+        assert [r["id"] for r in p["replicas"]] == p["nodes"]
+        assert all(r["weight_bytes"] > 0 and r["resident_bytes"] > r["weight_bytes"] for r in p["replicas"])
     assert client.models.retrieve(model).id == model
     with pytest.raises(openai.NotFoundError) as exc:
         client.models.retrieve("no-such-model")

@@ -92,9 +92,7 @@ def replicated(checkpoint, replicas: int) -> tuple[dict[str, CountingNode], Rout
 
 
 def engine_over(nodes, router, relay: bool, **kw) -> GenerationEngine:
-    return GenerationEngine(
-        router, lambda r: nodes[r.node_id], 50256, 128, 50257, relay=CountingChain() if relay else None, **kw
-    )
+    return GenerationEngine(router, lambda r: nodes[r.node_id], 50256, 128, 50257, relay=CountingChain() if relay else None, **kw)
 
 
 @pytest.mark.parametrize("relay", [False, True], ids=["star", "relay"])

@@ -34,8 +34,9 @@ async def start_coordinator_over(tmp_path, nodes: list[NodeEntry]):
     config = tmp_path / "cluster.json"
     ClusterConfig(num_partitions=3, nodes=nodes).dump(config)
     settings = CoordinatorSettings(
-        cluster_config=config, port=0, health_interval_s=0.1, probe_timeout_s=1.0, unavailable_grace_s=2.0
-    )
+        cluster_config=config, port=0, health_interval_s=0.1, probe_timeout_s=1.0, unavailable_grace_s=2.0,
+        info_interval_s=0.2,
+    )  # fmt: skip
     return await start_coordinator(settings)
 
 
@@ -108,6 +109,32 @@ async def test_model_info_and_the_cluster_lists_every_node(stack, tiny_checkpoin
         )
     # Blocks [0, 4) in three even partitions: [0, 2), [2, 3), [3, 4).
     assert [(by_id[n].start_block, by_id[n].end_block) for n in ("p0", "p1a", "p1b", "p2")] == [(0, 2), (2, 3), (2, 3), (3, 4)]
+    # Each replica's weights as its own Info says them (the ends hold wte too), and a resident set.
+    for node_id, _ in NODES:
+        async with insecure_channel(f"127.0.0.1:{nodes[node_id].port}") as channel:
+            own = await node_pb2_grpc.PartitionNodeStub(channel).Info(node_pb2.NodeInfoRequest())
+        assert by_id[node_id].weight_bytes == own.parameter_bytes > 0
+        assert by_id[node_id].resident_bytes > 0
+    assert by_id["p2"].weight_bytes > by_id["p1a"].weight_bytes
+
+
+async def test_the_cluster_reads_each_nodes_resident_memory_again(stack):
+    """Resident memory moves (the KV cache grows): the coordinator reads it again
+    every info_interval_s, not only when the node joined. The nodes here live in
+    this test's process, so a quarter GiB this test touches is in their RSS."""
+    coordinator, _ = stack
+
+    async def resident() -> dict[str, int]:
+        cluster = await coordinator.GetCluster(coordinator_pb2.ClusterRequest())
+        return {n.id: n.resident_bytes for n in cluster.nodes}
+
+    before = await resident()
+    ballast = b"\x01" * (256 << 20)  # written, so resident
+    deadline = time.monotonic() + 10
+    while not all(after > before[n] + (200 << 20) for n, after in (await resident()).items()):
+        assert time.monotonic() < deadline, (before, await resident())
+        await asyncio.sleep(0.1)
+    del ballast
 
 
 async def test_list_and_cancel_a_running_task(stack):

@@ -34,6 +34,11 @@ NODE_FAMILIES = {
     "splitgpt_node_kv_expirations_total": "counter",
     "splitgpt_node_cache_misses_total": "counter",
     "splitgpt_node_weight_bytes": "gauge",
+    "splitgpt_node_resident_memory_bytes": "gauge",
+    "splitgpt_node_prefix_blocks": "gauge",
+    "splitgpt_node_prefix_bytes": "gauge",
+    "splitgpt_node_prefix_hits_total": "counter",
+    "splitgpt_node_prefix_reused_tokens_total": "counter",
     "splitgpt_node_load_duration_seconds": "gauge",
     "splitgpt_node_draining": "gauge",
 }
@@ -46,6 +51,9 @@ COORDINATOR_FAMILIES = {
     "splitgpt_coordinator_iteration_duration_seconds": "histogram",
     "splitgpt_coordinator_step_duration_seconds": "histogram",
     "splitgpt_coordinator_replays_total": "counter",
+    "splitgpt_coordinator_rebuilt_tokens_total": "counter",
+    "splitgpt_coordinator_prefix_prompt_tokens_total": "counter",
+    "splitgpt_coordinator_prefix_reused_tokens_total": "counter",
     "splitgpt_coordinator_failovers_total": "counter",
     "splitgpt_coordinator_circuit_opens_total": "counter",
     "splitgpt_coordinator_replica_healthy": "gauge",
@@ -157,6 +165,10 @@ def test_node_metrics_follow_the_steps_and_the_kv_cache(stack):
         assert decode_rows == REQUESTS * (MAX_TOKENS - 1)  # each token after the first is one decode row
         assert a.value("splitgpt_node_step_rows_count") - b.value("splitgpt_node_step_rows_count") == steps
         assert a.value("splitgpt_node_weight_bytes") > 0
+        # The process's RSS holds its weights; the process collector, read in the same scrape, agrees.
+        resident = a.value("splitgpt_node_resident_memory_bytes")
+        assert resident > a.value("splitgpt_node_weight_bytes")
+        assert abs(resident - a.value("process_resident_memory_bytes")) < 0.1 * resident
         assert a.value("splitgpt_node_load_duration_seconds") > 0
         assert a.value("splitgpt_node_kv_budget_tokens") == 65536
         assert a.value("splitgpt_node_draining") == 0

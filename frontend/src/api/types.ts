@@ -51,6 +51,8 @@ export interface ClusterNode {
   consecutive_failures: number;
   in_flight: number;
   latency_ewma_ms: number | null;
+  weight_bytes: number; // the weights it holds; 0 while not SERVING
+  resident_bytes: number; // its process's resident memory as last read; 0 while not SERVING
 }
 
 export interface ClusterState {

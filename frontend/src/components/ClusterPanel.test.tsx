@@ -23,6 +23,9 @@ describe("ClusterPanel", () => {
     expect(dead).toHaveTextContent("open (3 fail)");
     expect(screen.getByTestId("replica-part1-r1")).toHaveAttribute("data-health", "up");
     expect(within(screen.getByTestId("replica-part0-r0")).getByText("4.2 ms")).toBeInTheDocument();
+    // What each replica holds: its weights and its process's resident memory; unknown while down.
+    expect(screen.getByTestId("memory-part0-r0")).toHaveTextContent("weights 1.52 GB · RSS 2.18 GB");
+    expect(screen.getByTestId("memory-part1-r0")).toHaveTextContent("weights – · RSS –");
   });
 
   it("marks the replicas the page's own request runs on", () => {

@@ -1,6 +1,6 @@
 import type { ClusterNode } from "../api/types";
 import { healthLabel, nodeHealth } from "../cluster";
-import { ms } from "../format";
+import { bytes, ms } from "../format";
 
 interface Props {
   node: ClusterNode;
@@ -40,6 +40,9 @@ export function ReplicaCard({ node, requestCount, servesOwnRequest }: Props) {
           <dd>{ms(node.latency_ewma_ms)}</dd>
         </div>
       </dl>
+      <div className="replica-memory" data-testid={`memory-${node.id}`} title="weights it holds · its process's resident memory">
+        weights {bytes(node.weight_bytes)} · RSS {bytes(node.resident_bytes)}
+      </div>
       {(requestCount > 0 || servesOwnRequest) && (
         <div className="replica-requests">
           {servesOwnRequest ? "▶ your request" : ""}

@@ -11,6 +11,8 @@ export function node(id: string, partition: number, layers: [number, number] | n
     consecutive_failures: 0,
     in_flight: 0,
     latency_ewma_ms: 4.2,
+    weight_bytes: 1_520_000_000,
+    resident_bytes: 2_180_000_000,
     ...extra,
   };
 }
@@ -22,7 +24,7 @@ export const CLUSTER: ClusterState = {
     node("part2-r1", 2, [5, 6]),
     node("part0-r0", 0, [0, 3], { in_flight: 1 }),
     node("part0-r1", 0, [0, 3]),
-    node("part1-r0", 1, [3, 5], { status: "UNREACHABLE", circuit: "open", consecutive_failures: 3, latency_ewma_ms: null }),
+    node("part1-r0", 1, [3, 5], { status: "UNREACHABLE", circuit: "open", consecutive_failures: 3, latency_ewma_ms: null, weight_bytes: 0, resident_bytes: 0 }),
     node("part1-r1", 1, [3, 5], { in_flight: 1 }),
     node("part2-r0", 2, [5, 6], { in_flight: 1 }),
   ],

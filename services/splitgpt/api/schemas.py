@@ -149,6 +149,10 @@ class NodeOut(BaseModel):
     consecutive_failures: int
     in_flight: int
     latency_ewma_ms: float | None
+    weight_bytes: int = Field(description="bytes of weights the node holds; 0 while it is not SERVING")
+    resident_bytes: int = Field(
+        description="the node process's resident memory (RSS) as last read (every few seconds); 0 while it is not SERVING"
+    )
 
 
 class ClusterResponse(BaseModel):

@@ -68,6 +68,8 @@ def cluster(state: coordinator_pb2.ClusterState) -> ClusterResponse:
                 consecutive_failures=n.consecutive_failures,
                 in_flight=n.in_flight,
                 latency_ewma_ms=n.latency_ewma_ms if n.HasField("latency_ewma_ms") else None,
+                weight_bytes=n.weight_bytes,
+                resident_bytes=n.resident_bytes,
             )
             for n in state.nodes
         ],

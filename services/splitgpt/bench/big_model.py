@@ -77,7 +77,7 @@ def shared_prefix_prompts(model_dir: Path, prefix_tokens: int, unique_tokens: in
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    words = " ".join(f"item {i} of the shared context," for i in range(prefix_tokens))
+    words = " ".join(f"item {i} of the shared context," for i in range(prefix_tokens // 4 + 1))  # 7-8 tokens each
     prefix = tokenizer.decode(tokenizer(words)["input_ids"][:prefix_tokens])
     tail = lambda i: " " + " ".join(f"q{i}" for _ in range(unique_tokens))  # noqa: E731
     return [prefix + tokenizer.decode(tokenizer(tail(i))["input_ids"][:unique_tokens]) for i in range(requests)]

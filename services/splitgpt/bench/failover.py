@@ -56,7 +56,11 @@ def node_rows(stack: Stack) -> dict[str, float]:
             except httpx.HTTPError:  # killed
                 continue
             rows[f"part{p}-r{r}"] = sum(
-                s.value for f in text_string_to_metric_families(text) if f.name == ROWS for s in f.samples if s.name == ROWS + "_total"
+                s.value
+                for f in text_string_to_metric_families(text)
+                if f.name == ROWS
+                for s in f.samples
+                if s.name == ROWS + "_total"
             )
     return rows
 

@@ -529,7 +529,9 @@ class GenerationEngine:
                 return False
             seq.stale.discard(p)
             self.observer.rebuilt(p, end)
-            log.info("rebuilt %s on %s: %d positions in %.2fs", seq.session_id, chain[p].node_id, end, time.perf_counter() - started)
+            log.info(
+                "rebuilt %s on %s: %d positions in %.2fs", seq.session_id, chain[p].node_id, end, time.perf_counter() - started
+            )
         return True
 
     async def _refill(self, seq: _Sequence, replica: Replica, rows: torch.Tensor) -> bool:

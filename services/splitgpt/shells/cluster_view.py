@@ -3,7 +3,9 @@
 The configured nodes, expanded through DNS (a name that resolves to several
 addresses is that many replicas), probed with grpc.health.v1 at an interval,
 and identity-checked (a node must serve the blocks the config gives its
-partition) before the router may send it work. The servicer only reads this.
+partition) before the router may send it work. Each SERVING replica's memory
+(weights, process resident set) is read from its Info every `info_interval_s`.
+The servicer only reads this.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.cluster_config import ClusterConfig
@@ -34,6 +37,17 @@ log = logging.getLogger("splitgpt.coordinator")
 # A replica whose address left DNS and which is down goes after this long: time for the
 # replica alerts (`for: 1m`) to fire and be seen, and for a restart at the same address.
 GONE_FROM_DNS_GRACE_S = 300.0
+
+
+@dataclass
+class NodeMemory:
+    """A replica's bytes as its last Info said them."""
+
+    weight_bytes: int = 0
+    resident_bytes: int = 0  # its process's RSS: grows with the KV cache, hence refreshed
+
+
+NO_MEMORY = NodeMemory()  # a replica not (or no longer) SERVING: unknown, shown as 0
 
 
 class Cluster:
@@ -58,6 +72,8 @@ class Cluster:
         self._next_dns = 0.0
         self._scaled: set[str] = set()  # node entries whose name resolved to several addresses
         self._gone_since: dict[str, float] = {}  # replica id -> when its address left DNS
+        self._memory: dict[str, NodeMemory] = {}  # replica id -> its last Info's bytes, while SERVING
+        self._next_info: dict[str, float] = {}  # replica id -> when to read its memory again
         self._clock = time.monotonic
 
     def client_for(self, replica: Replica) -> GrpcNodeClient:
@@ -106,6 +122,7 @@ class Cluster:
         replica.status = "RETIRED"
         replica.down.set()
         self.router.replicas.remove(replica)
+        self._forget_memory(replica.node_id)
         log.info("replica %s %s: retired", replica.node_id, why)
 
     async def probe_all(self) -> None:
@@ -121,8 +138,11 @@ class Cluster:
         status = await probe_health(client.channel, timeout_s=self.settings.probe_timeout_s)
         if status != "SERVING":
             replica.layers = None  # re-check what it serves when it comes back
+            self._forget_memory(replica.node_id)  # a dead or draining process's RSS is no news
         elif replica.layers is None:
             status = await self._check_identity(replica, client)
+        elif self._clock() >= self._next_info.get(replica.node_id, 0.0):
+            await self._refresh_memory(replica, client)
         if status != replica.status:
             log.info(
                 "%s (%s, partition %d): %s -> %s", replica.node_id, replica.address, replica.partition, replica.status, status
@@ -151,9 +171,33 @@ class Cluster:
             )  # fmt: skip
             return "MISCONFIGURED"
         replica.layers = (info.start_block, info.end_block)
+        self._remember(replica.node_id, info)
         if info.holds_head:
             self.model = info
         return "SERVING"
+
+    def memory(self, node_id: str) -> NodeMemory:
+        return self._memory.get(node_id, NO_MEMORY)
+
+    async def _refresh_memory(self, replica: Replica, client: GrpcNodeClient) -> None:
+        """One Info call per replica per `info_interval_s`, beside the health probe:
+        never per step. A failed one keeps the last figures; the health probe, not
+        this, decides whether the replica is down."""
+        self._next_info[replica.node_id] = self._clock() + self.settings.info_interval_s
+        try:
+            info = await client.info(self.settings.probe_timeout_s)
+        except Exception as exc:
+            log.debug("%s: Info for its memory failed: %s", replica.node_id, exc)
+            return
+        self._remember(replica.node_id, info)
+
+    def _remember(self, node_id: str, info: node_pb2.NodeInfo) -> None:
+        self._memory[node_id] = NodeMemory(info.parameter_bytes, info.resident_bytes)
+        self._next_info[node_id] = self._clock() + self.settings.info_interval_s
+
+    def _forget_memory(self, node_id: str) -> None:
+        self._memory.pop(node_id, None)
+        self._next_info.pop(node_id, None)
 
     def ready(self) -> bool:
         return self.model is not None and self.router.ready()

@@ -44,6 +44,9 @@ class CoordinatorSettings(InternalSecuritySettings):
     port: int = 50050
     health_interval_s: float = 1.0
     probe_timeout_s: float = 1.0
+    # How often each SERVING node's Info is read again for its resident memory
+    # (its KV cache grows and shrinks); one small call per node, never per step.
+    info_interval_s: float = 5.0
     step_timeout_s: float = 30.0
     routing: str = "least_loaded"  # round_robin | least_loaded | latency
     unavailable_grace_s: float = 10.0
@@ -154,11 +157,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         nodes = []
         for r in self.cluster.router.replicas:
             start, end = r.layers or (0, 0)
+            memory = self.cluster.memory(r.node_id)
             nodes.append(
                 coordinator_pb2.NodeState(
                     id=r.node_id, address=r.address, partition=r.partition, start_block=start, end_block=end,
                     status=r.status, in_flight=r.in_flight, latency_ewma_ms=r.latency_ewma_ms,
                     consecutive_failures=r.consecutive_failures, circuit=r.circuit,
+                    weight_bytes=memory.weight_bytes, resident_bytes=memory.resident_bytes,
                 )
             )  # fmt: skip
         model_id = self.cluster.model.model_id if self.cluster.model else (self.cluster.config.model or self.settings.model_id)

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..core.engine_observer import NodeStepObserver
+from ..core.node_engine import resident_bytes
 from .metrics_http import process_registry
 
 if TYPE_CHECKING:
@@ -111,7 +112,17 @@ class _NodeState(Collector):
             "Steps refused for an unknown session or position (the coordinator replays)",
             stats.misses if stats else 0,
         )
+        yield gauge("splitgpt_node_prefix_blocks", "Prompt blocks (16 tokens) kept for prefix reuse, in the K/V budget",
+                    stats.prefix_blocks if stats else 0)  # fmt: skip
+        yield gauge("splitgpt_node_prefix_bytes", "Bytes of the kept prompt blocks", stats.prefix_bytes if stats else 0)
+        yield counter("splitgpt_node_prefix_hits_total", "Sessions started from kept prompt blocks",
+                      stats.prefix_hits if stats else 0)  # fmt: skip
+        yield counter("splitgpt_node_prefix_reused_tokens_total", "Positions those sessions took from kept blocks (not computed)",
+                      stats.prefix_reused_tokens if stats else 0)  # fmt: skip
         yield gauge("splitgpt_node_weight_bytes", "Bytes of weights this partition holds",
                     engine.partition.parameter_bytes if engine is not None else 0)  # fmt: skip
+        # process_resident_memory_bytes says the same, but without `node` and `partition`:
+        # this one sits beside weight_bytes on the same labels, and is what Info reports.
+        yield gauge("splitgpt_node_resident_memory_bytes", "This node process's resident memory (RSS)", resident_bytes())
         yield gauge("splitgpt_node_load_duration_seconds", "Time to load the weights at start", m.load_seconds)
         yield gauge("splitgpt_node_draining", "1 while draining after SIGTERM", 1.0 if m.is_draining() else 0.0)

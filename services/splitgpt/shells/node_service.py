@@ -24,7 +24,7 @@ from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from ..core.gpt2_partition import GPT2Partition
 from ..core.memory_plan import Geometry, check_budget, parse_bytes
 from ..core.node_contract import NodeNotReady, SequenceStep, StepBatch
-from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes
+from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes, return_freed_memory
 from ..core.partitioning import PartitionError, resolve_split
 from ..core.sampling import SamplingSpec
 from ..logs import configure
@@ -116,6 +116,7 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
     threads = ThreadBudget(settings.torch_threads or torch.get_num_threads(), settings.divide_threads)
     engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s, threads)
     engine.warm_up()
+    return_freed_memory()
     return engine
 
 

@@ -167,11 +167,19 @@ class ChatCompletionChunk(BaseModel):
     usage: UsageInfo | None = None
 
 
+class ReplicaMemory(BaseModel):
+    id: str
+    status: str
+    weight_bytes: int = Field(description="bytes of weights it holds; 0 while it is not SERVING")
+    resident_bytes: int = Field(description="its process's resident memory (RSS) as last read; 0 while it is not SERVING")
+
+
 class PartitionCard(BaseModel):
     partition: int
     layers: list[int] | None = Field(description="[start, end) blocks; null until a node of it has said")
     nodes: list[str] = Field(description="ids of its replicas")
     serving: int = Field(description="replicas now SERVING")
+    replicas: list[ReplicaMemory] = Field(description="its replicas, in `nodes`' order, with their memory")
 
 
 class SplitgptModelInfo(BaseModel):

@@ -26,6 +26,7 @@ from .protocol import (
     CompletionRequest,
     ModelCard,
     PartitionCard,
+    ReplicaMemory,
     SplitgptModelInfo,
     UsageInfo,
 )
@@ -97,8 +98,13 @@ class OpenAIServing:
         cluster = await self.backends.cluster()
         parts: dict[int, PartitionCard] = {}
         for node in cluster.nodes:
-            card = parts.setdefault(node.partition, PartitionCard(partition=node.partition, layers=None, nodes=[], serving=0))
+            card = parts.setdefault(
+                node.partition, PartitionCard(partition=node.partition, layers=None, nodes=[], serving=0, replicas=[])
+            )
             card.nodes.append(node.id)
+            card.replicas.append(
+                ReplicaMemory(id=node.id, status=node.status, weight_bytes=node.weight_bytes, resident_bytes=node.resident_bytes)
+            )
             card.layers = card.layers or node.layers
             card.serving += node.status == "SERVING"
         return ModelCard(
