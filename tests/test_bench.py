@@ -164,6 +164,10 @@ def test_big_model_mode_reports_each_nodes_memory_the_speed_ratios_and_prefix_re
     assert results["memory"]["hf_resident_bytes"] > 0
     assert set(results["ratios"]) == {"weights_share", "resident_share", "single_stream_decode", "throughput", "prefix_ttft"}
     assert all(v > 0 for v in results["ratios"].values())
-    assert results["prefix"]["on"]["requests"] == results["prefix"]["off"]["requests"] == 2
-    for line in ("partition 0: weights", "partition 1: weights", "shared prefix (48 shared tokens", "target <= 0.3"):
+    on, off = results["prefix"]["on"], results["prefix"]["off"]
+    assert on["requests"] == off["requests"] == 2
+    # The second prompt skips the first's 48 shared tokens (3 blocks of 16) only where reuse is on.
+    assert on["reused_prompt_tokens"] >= 48 and off["reused_prompt_tokens"] == 0
+    for line in ("partition 0: weights", "partition 1: weights", "of the checkpoint), resident", "of HF's)",
+                 "shared prefix (48 shared tokens", "target <= 0.3", "prompt tokens reused"):  # fmt: skip
         assert line in text, text

@@ -83,6 +83,13 @@ def shared_prefix_prompts(model_dir: Path, prefix_tokens: int, unique_tokens: in
     return [prefix + tokenizer.decode(tokenizer(tail(i))["input_ids"][:unique_tokens]) for i in range(requests)]
 
 
+def reused_prompt_tokens(stack: Stack) -> float:
+    """The coordinator's count of prompt tokens whose prefill was skipped: it shows
+    that reuse was on in one run and off in the other, whatever the timings say."""
+    (target,) = stack.metrics_targets()["splitgpt-coordinator"]
+    return scraped(f"http://{target}/metrics", "splitgpt_coordinator_prefix_reused_tokens_total")
+
+
 async def time_to_first_tokens(url: str, prompts: list[str]) -> dict:
     """One request at a time (each TTFT its own prefill, no queueing), 4 tokens each."""
     ttfts = []
@@ -93,6 +100,12 @@ async def time_to_first_tokens(url: str, prompts: list[str]) -> dict:
                 raise RuntimeError(f"a shared-prefix request failed: {t.error}")
             ttfts.append(t.ttft * 1000)
     return {"requests": len(ttfts), "ttft_ms_median": statistics.median(ttfts), "ttft_ms": ttfts}
+
+
+def shared_prefix_run(stack: Stack, prompts: list[str]) -> dict:
+    before = reused_prompt_tokens(stack)
+    run = asyncio.run(time_to_first_tokens(stack.url, prompts))
+    return {**run, "reused_prompt_tokens": reused_prompt_tokens(stack) - before}
 
 
 def start(model_dir: Path, run_dir: str, args: argparse.Namespace, prefix_cache: bool) -> Stack:
@@ -132,7 +145,7 @@ def measure(args: argparse.Namespace) -> dict:
                     rounds[-1]["single_ratio"] = rounds[-1]["stack_ms_per_token"] / hf_single
                     rounds[-1]["throughput_ratio"] = rounds[-1]["stack_tokens_per_s"] / hf_batch
                 print(f"[{args.geometry}] shared prefix, reuse on: {len(prompts)} requests ...", flush=True)
-                prefix_on = asyncio.run(time_to_first_tokens(stack.url, prompts))
+                prefix_on = shared_prefix_run(stack, prompts)
             finally:
                 stack.stop()
     finally:
@@ -142,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict:
         stack = start(model_dir, run_dir, args, prefix_cache=False)
         try:
             asyncio.run(run_load(stack.url, 1, 1, 4, first_index=10**6))
-            prefix_off = asyncio.run(time_to_first_tokens(stack.url, prompts))
+            prefix_off = shared_prefix_run(stack, prompts)
         finally:
             stack.stop()
     median = lambda key: sorted(rounds, key=lambda x: x[key])[len(rounds) // 2][key]  # noqa: E731
@@ -198,7 +211,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "",
         f"shared prefix ({p['prefix_tokens']} shared tokens + {p['unique_tokens']} of each request's own, "
         f"{p['on']['requests']} requests one at a time): median TTFT {p['on']['ttft_ms_median']:.0f} ms with prefix "
-        f"reuse, {p['off']['ttft_ms_median']:.0f} ms without -> {r['prefix_ttft']:.2f}x",
+        f"reuse, {p['off']['ttft_ms_median']:.0f} ms without -> {r['prefix_ttft']:.2f}x; prompt tokens reused "
+        f"(the coordinator's count): {p['on']['reused_prompt_tokens']:.0f} with, {p['off']['reused_prompt_tokens']:.0f} without",
         "",
         f"failed requests: {results['failed_requests']}",
     ]
