@@ -103,6 +103,9 @@ async function run(page) {
     check((await card.count()) === 1, `replica ${node.id} is drawn`);
     check((await card.textContent()).includes(node.address), `replica ${node.id} shows its address`);
     check((await replicaHealth(page, node.id)) === "up", `${node.id} is up`);
+    // What it holds, in human units: "weights 400 kB · RSS 400 MB".
+    const memory = await page.getByTestId(`memory-${node.id}`).textContent();
+    check(/^weights [\d.]+ [kMGT]?B · RSS [\d.]+ [kMGT]?B$/.test(memory), `${node.id} shows its memory: ${memory}`);
   }
   const nLayer = Math.max(...nodes.map((n) => n.layers[1]));
   check((await page.locator(".layer-cell").count()) === nLayer + 2, `the block bar has ${nLayer} blocks + emb + head`);
@@ -173,6 +176,12 @@ async function run(page) {
     const killedAt = Date.now();
     await waitHealth(page, KILL_NODE, "down", 15000);
     step(`${KILL_NODE} marked down ${((Date.now() - killedAt) / 1000).toFixed(1)}s after kill -9`);
+    // A dead process's memory is unknown, not its last figures (the next probe drops them).
+    await page.waitForFunction(
+      (id) => document.querySelector(`[data-testid="memory-${id}"]`)?.textContent === "weights – · RSS –",
+      KILL_NODE,
+      { timeout: 5000, polling: 100 },
+    );
     await shot(page, "desktop-node-down");
     // `splitgpt up` starts a dead node again; the coordinator's probes take it back.
     await waitHealth(page, KILL_NODE, "up", 60000);

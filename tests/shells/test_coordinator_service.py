@@ -137,6 +137,21 @@ async def test_the_cluster_reads_each_nodes_resident_memory_again(stack):
     del ballast
 
 
+async def test_a_node_that_stops_serving_shows_no_memory(stack):
+    """A dead or draining process's last RSS is no news: 0 (unknown) until it serves again."""
+    coordinator, nodes = stack
+    await nodes["p1b"].stop(0)
+    deadline = time.monotonic() + 10
+    while True:
+        by_id = {n.id: n for n in (await coordinator.GetCluster(coordinator_pb2.ClusterRequest())).nodes}
+        if by_id["p1b"].status != "SERVING":
+            break
+        assert time.monotonic() < deadline, "the stopped node still shows SERVING"
+        await asyncio.sleep(0.05)
+    assert (by_id["p1b"].weight_bytes, by_id["p1b"].resident_bytes) == (0, 0)
+    assert by_id["p1a"].weight_bytes > 0 and by_id["p1a"].resident_bytes > 0
+
+
 async def test_list_and_cancel_a_running_task(stack):
     coordinator, _ = stack
     stream = coordinator.Generate(generate_request("long", PROMPT, 120))

@@ -138,7 +138,6 @@ class Cluster:
         status = await probe_health(client.channel, timeout_s=self.settings.probe_timeout_s)
         if status != "SERVING":
             replica.layers = None  # re-check what it serves when it comes back
-            self._forget_memory(replica.node_id)  # a dead or draining process's RSS is no news
         elif replica.layers is None:
             status = await self._check_identity(replica, client)
         elif self._clock() >= self._next_info.get(replica.node_id, 0.0):
@@ -148,6 +147,8 @@ class Cluster:
                 "%s (%s, partition %d): %s -> %s", replica.node_id, replica.address, replica.partition, replica.status, status
             )
         self.router.record_probe(replica, status)
+        if replica.status != "SERVING":  # the router's verdict: one missed probe is not yet down
+            self._forget_memory(replica.node_id)  # a dead or draining process's last RSS is no news
 
     async def _check_identity(self, replica: Replica, client: GrpcNodeClient) -> str:
         """A node must serve the blocks this config gives its partition."""
