@@ -11,7 +11,9 @@ from tests.servers import running
 @pytest.fixture(scope="session")
 def stack(tiny_checkpoint, tmp_path_factory):
     """The whole stack through `splitgpt up`: tokenizer, 3 nodes, coordinator, API."""
-    with running(Stack(tiny_checkpoint, tmp_path_factory.mktemp("stack"))) as s:
+    # Prefix reuse on (it is off by default), so every exactness check here runs with it.
+    env = {"SPLITGPT_COORDINATOR_PREFIX_CACHE": "true"}
+    with running(Stack(tiny_checkpoint, tmp_path_factory.mktemp("stack"), env=env)) as s:
         yield s
 
 

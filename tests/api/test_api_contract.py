@@ -38,7 +38,7 @@ def test_greedy_output_equals_one_hf_process(api, hf_model, hf_tokenizer, prompt
 
 
 def test_a_prompt_sharing_an_earlier_ones_prefix_reuses_it_and_still_equals_hf(api, stack, hf_model, hf_tokenizer):
-    """Prefix reuse (on by default): the second prompt starts with the first's
+    """Prefix reuse (on in this module's stack): the second prompt starts with the first's
     whole 16-token blocks, which the nodes kept; its text is still HF's own."""
     shared = "A system prompt that every request of this chat begins with, long enough for several blocks. " * 2
     coordinator = f"http://127.0.0.1:{stack.metrics_base}/metrics"

@@ -162,8 +162,8 @@ def test_kept_blocks_are_evicted_before_any_session_and_never_evict_one():
 
 
 def test_kept_blocks_outlive_their_session_and_what_it_overwrites():
-    """Blocks are kept as views of the session's buffers: a rewind over them, a buffer
-    that grows, or the session's release copies them out first."""
+    """Blocks are kept as views of the session's buffers: a rewind over them copies
+    them out first; a buffer that grows, or the session's release, leaves them valid."""
     s = kept()
     hashes = [bytes([i]) * 16 for i in range(2)]
     a = step(s, "a", 0, 32, value=1.0)
