@@ -38,6 +38,8 @@ FAST_HEALTH = {
     "SPLITGPT_COORDINATOR_STEP_TIMEOUT_S": "5",
     "SPLITGPT_COORDINATOR_ROUTING": "round_robin",  # both replicas of each partition carry requests
     "SPLITGPT_COORDINATOR_UNAVAILABLE_GRACE_S": "3",
+    # Off by default: on here, so the prefix-reuse panels are proven on data (the hit rate is 0/0 without).
+    "SPLITGPT_COORDINATOR_PREFIX_CACHE": "true",
 }
 KILLED = (1, 0)  # partition, replica
 # (panel title, refId) -> why that query may return nothing (no series, or only NaN) after this test's traffic.

@@ -192,7 +192,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         writer = StreamWriter(context)
         registered: list[str] = []
         try:
-            while (request := await context.read()) is not grpc.aio.EOF:
+            while (request := await _next_or_eof(context)) is not grpc.aio.EOF:
                 if request.listen:
                     self.listeners.register(request.listen, writer)
                     registered.append(request.listen)
@@ -377,6 +377,15 @@ def main(argv: list[str] | None = None) -> None:
             log.error("%s cannot start: %s", settings.node_id, exc)
             raise SystemExit(2) from None
         raise exc
+
+
+async def _next_or_eof(context: grpc.aio.ServicerContext):
+    """The stream's next request; EOF also when the server has stopped under it (a
+    forced stop, with a peer's relay stream still open): nobody is left to answer."""
+    try:
+        return await context.read()
+    except grpc.aio.BaseError:  # cygrpc's _ServerStoppedError
+        return grpc.aio.EOF
 
 
 def _sampling(step: node_pb2.SequenceStep):
