@@ -78,7 +78,7 @@ class _Sequence:
     # Partitions whose replica lost this sequence's cache: rebuilt, up to
     # `position`, before its next step (GenerationEngine._rebuild).
     stale: set[int] = field(default_factory=set)
-    prompt_hashes: list[bytes] | None = None  # prefix reuse: its prompt's block hashes, once computed
+    prompt_hashes: tuple[bytes, ...] | None = None  # prefix reuse: its prompt's block hashes, once computed
     reuse_blocks: int = 0  # the next step starts its caches from this many kept blocks
     no_reuse: bool = False  # a node no longer kept blocks it was to reuse: prefill in full
 
@@ -462,7 +462,7 @@ class GenerationEngine:
         steps = []
         for s in group:
             prefill = self.prefix_index is not None and s.prompt_hashes and s.position < len(s.req.prompt_ids)
-            hashes = tuple(s.prompt_hashes) if prefill else ()
+            hashes = s.prompt_hashes if prefill else ()
             steps.append(SequenceStep(s.session_id, s.position, rows[s].shape[0], self._sampling(s), hashes, s.reuse_blocks))
         return StepBatch(steps, torch.cat([rows[s] for s in group]), concurrent_steps=self._lanes_in_flight)
 
@@ -483,7 +483,7 @@ class GenerationEngine:
         if self.prefix_index is None:
             return
         if seq.prompt_hashes is None:
-            seq.prompt_hashes = block_hashes(seq.req.prompt_ids)
+            seq.prompt_hashes = tuple(block_hashes(seq.req.prompt_ids))
         if seq.no_reuse:
             return
         usable = seq.prompt_hashes[: reusable_blocks(len(seq.history))]

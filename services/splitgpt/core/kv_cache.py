@@ -1,7 +1,7 @@
 """Per-session K/V for the blocks one node serves, and the prompt blocks kept for reuse.
 
-Bounded by a token budget (copies of prompt blocks kept for prefix reuse go
-first, then least recently used sessions), expired after a TTL, and released
+Bounded by a token budget (prompt blocks kept for prefix reuse go first, then
+least recently used sessions), expired after a TTL, and released
 explicitly when a request ends. A step past the position the node holds is a
 `CacheMiss`: the coordinator rebuilds what the node lost (from the outputs the
 node before it kept, core.engine) or replays the sequence from position 0. A
@@ -88,7 +88,7 @@ class SessionKV:
         end = self.length + kv.shape[2]
         buf = self._kv[layer]
         if buf is None or buf.shape[2] < end:
-            buf = self._kv[layer] = self._grown(buf, max(64, 1 << (end - 1).bit_length()))
+            buf = self._kv[layer] = self._grown(buf, _capacity_for(end))
         buf[:, :, self.length : end] = kv
         return buf[:, :, :end]
 
@@ -98,8 +98,8 @@ class SessionKV:
             return
         end = self.length + rows.shape[0]
         if self._outputs is None or self._outputs.shape[0] < end:
-            old, capacity = self._outputs, max(64, 1 << (end - 1).bit_length())
-            self._outputs = torch.empty((capacity, self._output_width), dtype=self._dtype, device=self._device)
+            old = self._outputs
+            self._outputs = torch.empty((_capacity_for(end), self._output_width), dtype=self._dtype, device=self._device)
             if old is not None and self.length:
                 self._outputs[: self.length] = old[: self.length]
         self._outputs[self.length : end] = rows
@@ -153,6 +153,12 @@ class SessionKV:
         if old is not None and self.length:
             new[:, :, : self.length] = old[:, :, : self.length]
         return new
+
+
+def _capacity_for(end: int) -> int:
+    """Positions a session's buffer holds when it must reach `end`: doubling, so a
+    decode step appends in place instead of re-concatenating the history."""
+    return max(64, 1 << (end - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -271,8 +277,8 @@ class KVCacheStore:
         self.prefix_reused_tokens += session.length
 
     def keep_prefix(self, session: SessionKV, hashes: list[bytes]) -> int:
-        """Keep a copy of each block of `session` that `hashes` names (block i is
-        positions [16 i, 16 i + 16)) and that it holds whole, within the budget:
+        """Keep each block of `session` that `hashes` names (block i is positions
+        [16 i, 16 i + 16)) and that it holds whole, within the budget:
         older kept blocks make room, sessions never do. Returns the blocks added."""
         added, total = 0, self.cached_tokens
         whole = hashes[: session.length // BLOCK_TOKENS]
@@ -311,11 +317,8 @@ class KVCacheStore:
         return sum(self._discard(sid) for sid in session_ids)
 
     def _discard(self, session_id: str) -> bool:
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            return False
         # The blocks it lent keep viewing its buffers, which nothing writes any more.
-        return True
+        return self._sessions.pop(session_id, None) is not None
 
     def _evict_prefix(self, h: bytes) -> None:
         self._prefix.pop(h).kept = False
@@ -338,23 +341,24 @@ class KVCacheStore:
                 continue
         else:
             sessions, prefix = [], []
+        prefix_bytes = sum(b.nbytes for b in prefix)
         return KVStats(
             sessions=len(sessions),
             cached_tokens=sum(s.length for s in sessions) + len(prefix) * BLOCK_TOKENS,
-            allocated_bytes=sum(s.allocated_bytes for s in sessions) + sum(b.nbytes for b in prefix),
+            allocated_bytes=sum(s.allocated_bytes for s in sessions) + prefix_bytes,
             max_tokens=self.max_tokens,
             evictions=self.evictions,
             expirations=self.expirations,
             misses=self.misses,
             prefix_blocks=len(prefix),
-            prefix_bytes=sum(b.nbytes for b in prefix),
+            prefix_bytes=prefix_bytes,
             prefix_hits=self.prefix_hits,
             prefix_reused_tokens=self.prefix_reused_tokens,
         )
 
     def _evict_for(self, incoming: int, protect: set[str]) -> None:
-        """Kept prompt blocks go first (a copy: losing one costs only a later
-        prefill), then the least recently used sessions."""
+        """Kept prompt blocks go first (losing one costs only a later prefill),
+        then the least recently used sessions."""
         total = self.cached_tokens + incoming
         while self._prefix and total > self.max_tokens:
             self._evict_prefix(next(iter(self._prefix)))
