@@ -30,22 +30,31 @@ class InProcessChain:
 
     async def step(self, chain: list[InProcessNode], batch: StepBatch) -> StepResult:
         self.steps += 1
-        ms = []
-        for index, node in enumerate(chain):
+
+        async def step_at(index: int, node: InProcessNode, batch: StepBatch) -> StepResult:
             if self.fail is not None and self.fail_times and (self.fail[0] in (index, None)):
                 self.fail_times -= 1
                 raise ChainStepFailed(self.fail[0], self.fail[1], self.by_peer)
-            result = node.engine.step(batch)
-            ms.append(0.1)
-            if result.hidden is not None:
-                batch = StepBatch(batch.sequences, result.hidden, batch.concurrent_steps)
-        return StepResult(
-            token_ids=result.token_ids,
-            logprobs=result.logprobs,
-            top_logprobs=result.top_logprobs,
-            next_input=result.next_input,
-            partition_ms=ms,
-        )
+            return node.engine.step(batch)  # not the client's step: that one counts a star step
+
+        return await pass_along(chain, batch, step_at)
+
+
+async def pass_along(chain: list, batch: StepBatch, step_at) -> StepResult:
+    """What relaying nodes do, in one process: `await step_at(index, node, batch)` for
+    each node in turn, its output rows the next one's input; the last node's
+    result, with a compute time for every partition."""
+    for index, node in enumerate(chain):
+        result = await step_at(index, node, batch)
+        if result.hidden is not None:
+            batch = StepBatch(batch.sequences, result.hidden, batch.concurrent_steps)
+    return StepResult(
+        token_ids=result.token_ids,
+        logprobs=result.logprobs,
+        top_logprobs=result.top_logprobs,
+        next_input=result.next_input,
+        partition_ms=[0.1] * len(chain),
+    )
 
 
 async def generate_failing_once(

@@ -17,6 +17,7 @@ from splitgpt.core.prefix_cache import BLOCK_TOKENS, PrefixIndex
 from splitgpt.core.routing import Replica, Router
 
 from .test_engine import InProcessNode, collect, hf_greedy
+from .test_engine_relay import pass_along
 
 PROMPT = [(17 * i + 3) % 5000 for i in range(23)]
 
@@ -53,20 +54,13 @@ class CountingChain:
     there, pinned on its index), passing the rows on as relaying nodes do."""
 
     async def step(self, chain: list[CountingNode], batch: StepBatch) -> StepResult:
-        for index, node in enumerate(chain):
+        async def step_at(index: int, node: CountingNode, batch: StepBatch) -> StepResult:
             try:
-                result = await node.step(batch)
+                return await node.step(batch)
             except NodeFailed as exc:
                 raise ChainStepFailed(index, exc) from exc
-            if result.hidden is not None:
-                batch = StepBatch(batch.sequences, result.hidden, batch.concurrent_steps)
-        return StepResult(
-            token_ids=result.token_ids,
-            logprobs=result.logprobs,
-            top_logprobs=result.top_logprobs,
-            next_input=result.next_input,
-            partition_ms=[0.1] * len(chain),
-        )
+
+        return await pass_along(chain, batch, step_at)
 
 
 class Recorder(GenerationObserver):
