@@ -24,12 +24,11 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..core.tiny_model import GEOMETRIES, write_checkpoint
 from .hf_baseline import HFBaseline
 from .load import one_request, run_load
-from .local_stack import Stack
+from .local_stack import Stack, scraped
 from .machine import cpu_facts, cpu_line
 
 # The targets: (key, what, op, bound).
@@ -45,11 +44,6 @@ TARGETS = (
 def resident_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
-def scraped(url: str, name: str) -> float:
-    text = httpx.get(url, timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:

@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..core.tiny_model import GPT2_SMALL, write_checkpoint
-from .local_stack import Stack
+from .local_stack import Stack, scraped
 from .machine import cpu_facts, cpu_line
 
-ROWS = "splitgpt_node_tokens_processed"
+ROWS = "splitgpt_node_tokens_processed_total"
 FAST_HEALTH = {"SPLITGPT_COORDINATOR_HEALTH_INTERVAL_S": "0.3", "SPLITGPT_COORDINATOR_STEP_TIMEOUT_S": "60"}
 
 
@@ -52,16 +51,9 @@ def node_rows(stack: Stack) -> dict[str, float]:
     for p in range(stack.partitions):
         for r in range(stack.replicas):
             try:
-                text = httpx.get(stack.node_metrics_url(p, r), timeout=10).text
+                rows[f"part{p}-r{r}"] = scraped(stack.node_metrics_url(p, r), ROWS)
             except httpx.HTTPError:  # killed
                 continue
-            rows[f"part{p}-r{r}"] = sum(
-                s.value
-                for f in text_string_to_metric_families(text)
-                if f.name == ROWS
-                for s in f.samples
-                if s.name == ROWS + "_total"
-            )
     return rows
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def port_is_free(port: int) -> bool:
@@ -56,6 +57,12 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, logs
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready in {timeout_s}s:\n{logs()}")
+
+
+def scraped(url: str, name: str) -> float:
+    """The sum of the samples named `name` in a /metrics (a counter's with `_total`)."""
+    text = httpx.get(url, timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 class Stack:
