@@ -13,6 +13,7 @@ from splitgpt.core.memory_plan import (
     memory_split,
     parse_budgets,
     parse_bytes,
+    wants_decode_copy,
 )
 from splitgpt.core.tiny_model import GEOMETRIES, parameter_count
 
@@ -72,3 +73,22 @@ def test_a_node_refuses_a_share_above_its_own_budget():
     check_budget(XL, 12, False, 3 * GiB, "part1-r0")
     with pytest.raises(MemoryPlanError, match=r"part3-r0 needs \d\.\d\d GiB for 12 blocks and the head .* budget of 2\.00 GiB"):
         check_budget(XL, 12, True, 2 * GiB, "part3-r0")
+
+
+SMALL = Geometry(n_layer=12, n_embd=768, n_positions=1024, vocab_size=50257, dtype_bytes=4)
+
+
+def test_the_decode_copy_is_held_where_it_fits():
+    """auto: without a budget up to 1 GiB of copy (a GPT-2-small node's, not a
+    quarter of gpt2-xl's); under a budget where need + copy still fit it."""
+    assert SMALL.block_matrix_bytes == 12 * 768 * 768 * 4
+    assert wants_decode_copy("auto", True, SMALL, 4, False, None)
+    assert not wants_decode_copy("auto", True, XL, 12, False, None)  # 1.47 GB of copy
+    need = XL.need(12, False)
+    assert wants_decode_copy("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes)
+    assert not wants_decode_copy("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes - 1)
+    assert wants_decode_copy("true", True, XL, 12, False, None)  # asked for: held whatever it costs
+    assert not wants_decode_copy("false", True, SMALL, 1, False, None)
+    assert not wants_decode_copy("true", False, SMALL, 1, False, None)  # bf16 or the reference kernels: no gain
+    with pytest.raises(ValueError, match="auto, true or false"):
+        wants_decode_copy("yes", True, SMALL, 1, False, None)

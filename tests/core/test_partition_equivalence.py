@@ -10,12 +10,10 @@ from splitgpt.core.kv_cache import KVCacheStore
 from splitgpt.core.linear_kernels import onednn_available
 from splitgpt.core.partitioning import even_split
 
-KERNELS = [
-    "reference",
-    pytest.param(
-        "onednn", marks=pytest.mark.skipif(not onednn_available(torch.device("cpu"), torch.float32), reason="no oneDNN")
-    ),
-]
+_NO_ONEDNN = pytest.mark.skipif(not onednn_available(torch.device("cpu"), torch.float32), reason="no oneDNN")
+# "+decode-copy": the block matrices also held plain, for steps of at most
+# DECODE_COPY_MAX_ROWS rows (one-token decode steps, the lone-token prompt).
+KERNELS = ["reference", pytest.param("onednn", marks=_NO_ONEDNN), pytest.param("onednn+decode-copy", marks=_NO_ONEDNN)]
 
 PROMPTS = [
     [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13],  # "The quick brown fox jumps over the lazy dog."
@@ -27,9 +25,12 @@ PROMPTS = [
 
 def load_chain(checkpoint, n_parts: int, n_layer: int = 4, kernels: str = "auto") -> list[GPT2Partition]:
     # The head packed as the nodes hold it (a no-op for the reference kernels).
+    kernels, _, copy = kernels.partition("+")
     ranges = even_split(n_layer, n_parts)
     return [
-        GPT2Partition.from_checkpoint(checkpoint, s, e, holds_head=(i == n_parts - 1), kernels=kernels, pack_head=True)
+        GPT2Partition.from_checkpoint(
+            checkpoint, s, e, holds_head=(i == n_parts - 1), kernels=kernels, pack_head=True, decode_copy=bool(copy)
+        )
         for i, (s, e) in enumerate(ranges)
     ]
 
@@ -127,14 +128,17 @@ def test_chunk_after_cached_prefix_equals_full_prefill(tiny_checkpoint):
     torch.testing.assert_close(torch.cat([first, second]), full, rtol=1e-5, atol=1e-5)
 
 
-def test_gpt2_small_geometry_three_partitions_equal_hf(gpt2_small_checkpoint):
+@pytest.mark.parametrize("decode_copy", [False, True])
+def test_gpt2_small_geometry_three_partitions_equal_hf(gpt2_small_checkpoint, decode_copy):
     """At full width (768, 12 blocks, the benchmark's geometry) float-order
     differences of the fast kernels are largest; greedy tokens still match."""
     from transformers import GPT2LMHeadModel
 
     hf_model = GPT2LMHeadModel.from_pretrained(gpt2_small_checkpoint).eval()
     chain = [
-        GPT2Partition.from_checkpoint(gpt2_small_checkpoint, s, e, holds_head=(i == 2), kernels="auto", pack_head=True)
+        GPT2Partition.from_checkpoint(
+            gpt2_small_checkpoint, s, e, holds_head=(i == 2), kernels="auto", pack_head=True, decode_copy=decode_copy
+        )
         for i, (s, e) in enumerate([(0, 6), (6, 11), (11, 12)])
     ]
     for prompt in PROMPTS[:2]:
@@ -169,3 +173,27 @@ def test_thread_budget_divides_the_host_among_micro_batches_in_flight(tiny_check
 def test_gpt2_small_blocks_are_worth_several_threads(gpt2_small_checkpoint):
     (part,) = [GPT2Partition.from_checkpoint(gpt2_small_checkpoint, 0, 1, holds_head=False)]
     assert part.blocks_parallel
+
+
+@_NO_ONEDNN
+def test_the_decode_copy_serves_small_steps_and_is_counted(tiny_checkpoint, monkeypatch):
+    """Steps of up to DECODE_COPY_MAX_ROWS rows read the plain copy, larger ones
+    the packed matrices, and both give the same rows (to float order); the copy's
+    bytes are the blocks' matrices once more, on top of the checkpoint's share."""
+    from splitgpt.core import linear_kernels
+
+    (packed,) = load_chain(tiny_checkpoint, 1, kernels="onednn")
+    (copied,) = load_chain(tiny_checkpoint, 1, kernels="onednn+decode-copy")
+    d, blocks = copied.hidden_size, copied.n_local_layers
+    assert packed.decode_copy_bytes == 0 and packed.weight_bytes == packed.parameter_bytes
+    assert copied.decode_copy_bytes == blocks * 12 * d * d * 4
+    assert copied.weight_bytes == copied.parameter_bytes + copied.decode_copy_bytes
+
+    plain_rows = []
+    real_linear = linear_kernels.F.linear
+    monkeypatch.setattr(linear_kernels.F, "linear", lambda x, w, b: plain_rows.append(x.shape[0]) or real_linear(x, w, b))
+    most = linear_kernels.DECODE_COPY_MAX_ROWS
+    for rows in (1, most, most + 1):
+        x = torch.randn(rows, d)
+        torch.testing.assert_close(copied.blocks[0].c_fc_act(x), packed.blocks[0].c_fc_act(x), rtol=1e-5, atol=1e-5)
+    assert plain_rows == [1, most]  # the plain copy read for the small steps only

@@ -27,7 +27,7 @@ class FakeNode:
             raise ConnectionError("no answer")
         return node_pb2.NodeInfo(
             start_block=0, end_block=4, n_layer=4, num_partitions=1, vocab_size=50257, hidden_size=64,
-            holds_head=True, parameter_bytes=100, resident_bytes=self.resident,
+            holds_head=True, parameter_bytes=100, weight_bytes=100, resident_bytes=self.resident,
         )  # fmt: skip
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from .kv_cache import SessionKV
 from .linear_kernels import (
     PARALLEL_MIN_WEIGHT_BYTES,
     Linear,
+    decode_copy_bytes,
     head_product,
     make_linear,
     make_linear_with_activation,
@@ -54,7 +55,10 @@ class GPT2Partition:
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
         pack_head: bool = False,
+        decode_copy: bool = False,
     ) -> None:
+        """`decode_copy`: the block matrices kept plain as well, for steps of a
+        few rows (linear_kernels.DECODE_COPY_MAX_ROWS); used with oneDNN only."""
         if not 0 <= start < end <= config.n_layer:
             raise ValueError(f"blocks [{start}, {end}) outside the model's {config.n_layer}")
         self.config = config
@@ -67,6 +71,7 @@ class GPT2Partition:
         self.head_dim = config.n_embd // config.n_head
         self.eps = config.layer_norm_epsilon
         self.kernels = resolve_kernels(kernels, self.device, dtype)
+        self.decode_copy = decode_copy and self.kernels == "onednn"
         t = {k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}
         # The vectors (biases, norms) are kept as they are; read from safetensors
         # they are views of the checkpoint's file mapping, and a view keeps the whole
@@ -78,6 +83,9 @@ class GPT2Partition:
         self.parameter_count = sum(v.numel() for v in t.values())
         self.parameter_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.blocks = [self._block(t, i) for i in range(start, end)]
+        self.decode_copy_bytes = sum(
+            decode_copy_bytes(linear) for b in self.blocks for linear in (b.c_attn, b.attn_proj, b.c_fc_act, b.mlp_proj)
+        )
         # Whether a step is worth several threads: by its largest block matrix, the
         # MLP's d x 4d (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES).
         largest = max(v.numel() * v.element_size() for name, v in t.items() if name.startswith("h."))
@@ -100,11 +108,12 @@ class GPT2Partition:
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
         pack_head: bool = False,
+        decode_copy: bool = False,
     ) -> GPT2Partition:
         config = load_config(model_dir)
         index = CheckpointIndex(model_dir)
         names = partition_tensor_names(config, start, end, holds_head, index)
-        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels, pack_head)
+        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels, pack_head, decode_copy)
 
     def _block(self, t: dict[str, torch.Tensor], i: int) -> Block:
         p = f"h.{i}."
@@ -112,16 +121,23 @@ class GPT2Partition:
         if self.config.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
         pair = lambda name: (t[p + name + ".weight"], t[p + name + ".bias"])  # noqa: E731
-        linear = lambda name: make_linear(self.kernels, *pair(name))  # noqa: E731
+        linear = lambda name: make_linear(self.kernels, *pair(name), self.decode_copy)  # noqa: E731
         return Block(
             ln_1=pair("ln_1"),
             c_attn=linear("attn.c_attn"),
             attn_proj=linear("attn.c_proj"),
             ln_2=pair("ln_2"),
-            c_fc_act=make_linear_with_activation(self.kernels, *pair("mlp.c_fc"), self.config.activation_function),
+            c_fc_act=make_linear_with_activation(
+                self.kernels, *pair("mlp.c_fc"), self.config.activation_function, self.decode_copy
+            ),
             mlp_proj=linear("mlp.c_proj"),
             attn_scale=scale,
         )
+
+    @property
+    def weight_bytes(self) -> int:
+        """What this node holds in weights: its share of the checkpoint and the decode copy."""
+        return self.parameter_bytes + self.decode_copy_bytes
 
     @property
     def n_local_layers(self) -> int:

@@ -5,7 +5,8 @@ On the CPU the step is almost all GEMMs of a few to a few dozen rows against
 ("packed", as inductor's freezing pass does) runs 1.4-2.4x faster than
 `addmm`, which repacks the weight on every call: measured on this 2-core box,
 one thread, [16, 768] x [768, 3072] 0.85 ms against 1.79 ms. A block's packed
-copy replaces the plain one, so no block weight is held twice. The tied head
+copy replaces the plain one, unless the node keeps a decode copy for steps of a
+few rows (below), where the plain layout is the faster. The tied head
 is packed too (see pack_head_weight), while its plain form, the embedding
 table, stays mapped from the checkpoint file.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 KernelChoice = Literal["auto", "onednn", "reference"]
@@ -85,18 +87,53 @@ class ThenActivation:
         return self.activation(self.linear(x))
 
 
+# The decode copy. oneDNN's packed layout serves a step of a few rows worse
+# than a plain [out, in] matrix serves it: a product with one row is a
+# matrix-vector product, bound by how fast the weights stream from memory,
+# and MKL's row-major dot products stream faster than oneDNN's 64-wide panels.
+# Measured on an Intel Xeon with AMX, 2 threads, float32, the four matrices
+# of 12 gpt2-xl blocks (1.47 GB from DRAM): plain 53.6/58.0/60.3 ms at
+# 1/2/3 rows against packed 64.9/71.0/71.5 (27.4 against 22.6 GB/s at one
+# row); at gpt2's 768 wide 4.4 against 6.7 ms at one row. From four rows on,
+# MKL is 1.1-1.8x slower than the packed layout, so a node may hold both and
+# pick by the step's rows. In bfloat16 the packed kernels (AMX) were faster at
+# every row count, so the copy is float32 only.
+DECODE_COPY_MAX_ROWS = 3
+DECODE_COPY_DTYPES = (torch.float32,)
+
+
 class OneDNNLinear:
     """x @ W + b with W reordered once into oneDNN's blocked layout, and
-    optionally the tanh-approximated GELU fused into the same kernel."""
+    optionally the tanh-approximated GELU fused into the same kernel.
 
-    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, gelu_tanh: bool = False) -> None:
-        # oneDNN takes [out, in]; the reorder copies, so the plain weight can be dropped.
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight_in_out.t().contiguous(), None)
+    With `decode_copy`, the plain [out, in] matrix is kept too and serves steps
+    of at most DECODE_COPY_MAX_ROWS rows (see above): twice the weight memory."""
+
+    def __init__(
+        self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, gelu_tanh: bool = False, decode_copy: bool = False
+    ) -> None:
+        # oneDNN takes [out, in]; the reorder copies, so without the decode copy the plain weight is dropped.
+        plain = weight_in_out.t().contiguous()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(plain, None)
+        self.plain = plain if decode_copy else None
         self.bias = bias
+        self.gelu_tanh = gelu_tanh
         self.post_op, self.algorithm = ("gelu", "tanh") if gelu_tanh else ("none", "")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plain is not None and x.shape[0] <= DECODE_COPY_MAX_ROWS:
+            y = F.linear(x, self.plain, self.bias)
+            return F.gelu(y, approximate="tanh") if self.gelu_tanh else y
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
+
+    @property
+    def decode_copy_bytes(self) -> int:
+        return 0 if self.plain is None else self.plain.numel() * self.plain.element_size()
+
+
+def decode_copy_helps(kernels: str, dtype: torch.dtype) -> bool:
+    """Whether a decode copy can make this partition's small steps faster."""
+    return kernels == "onednn" and dtype in DECODE_COPY_DTYPES
 
 
 # GPT-2's "gelu_new" is 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))): oneDNN's
@@ -105,17 +142,25 @@ class OneDNNLinear:
 FUSABLE_GELU = {"gelu_new", "gelu_pytorch_tanh"}
 
 
-def make_linear(kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor) -> Linear:
+def make_linear(kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, decode_copy: bool = False) -> Linear:
     if kernels == "onednn":
-        return OneDNNLinear(weight_in_out, bias)
+        return OneDNNLinear(weight_in_out, bias, decode_copy=decode_copy)
     return AddmmLinear(weight_in_out, bias)
 
 
-def make_linear_with_activation(kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, activation: str) -> Linear:
+def make_linear_with_activation(
+    kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, activation: str, decode_copy: bool = False
+) -> Linear:
     """The MLP's first layer and its activation: one fused kernel where oneDNN can."""
     if kernels == "onednn" and activation in FUSABLE_GELU:
-        return OneDNNLinear(weight_in_out, bias, gelu_tanh=True)
-    return ThenActivation(make_linear(kernels, weight_in_out, bias), ACT2FN[activation])
+        return OneDNNLinear(weight_in_out, bias, gelu_tanh=True, decode_copy=decode_copy)
+    return ThenActivation(make_linear(kernels, weight_in_out, bias, decode_copy), ACT2FN[activation])
+
+
+def decode_copy_bytes(linear: Linear) -> int:
+    """The bytes a product's decode copy holds (0 without one)."""
+    inner = linear.linear if isinstance(linear, ThenActivation) else linear
+    return inner.decode_copy_bytes if isinstance(inner, OneDNNLinear) else 0
 
 
 def pack_head_weight(kernels: str, head_out_in: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ its blocks' weights (12 d^2 + 13 d parameters a block), on the last node also
 the embedding (wte + wpe) and the head's packed copy for oneDNN (the plain wte
 stays in the checkpoint's file mapping: page cache, not the node's own), and
 the process itself (Python, torch, gRPC: RUNTIME_BYTES). The KV cache comes on
-top, bounded by the node's token budget (SPLITGPT_NODE_KV_MAX_TOKENS).
+top, bounded by the node's token budget (SPLITGPT_NODE_KV_MAX_TOKENS). The plan
+leaves out the decode copy (linear_kernels): a node holds one only where it
+fits on top of the plan (wants_decode_copy), so the copy never refuses a plan.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class Geometry:
     @property
     def block_bytes(self) -> int:
         return block_parameters(self.n_embd) * self.dtype_bytes
+
+    @property
+    def block_matrix_bytes(self) -> int:
+        """A block's four matrices (12 d^2 parameters), what a decode copy repeats."""
+        return 12 * self.n_embd * self.n_embd * self.dtype_bytes
 
     @property
     def head_bytes(self) -> int:
@@ -134,3 +141,27 @@ def _proportional(weights: list[int], total: int) -> list[int]:
 
 def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+# Without a memory budget, a node holds the decode copy (linear_kernels) while
+# it costs at most this much: a GPT-2-small node's copy is about 0.1 GiB, a
+# quarter of gpt2-xl's 1.4 GiB, which would make each node's weights half the
+# checkpoint's instead of a quarter (the point of splitting a model so large).
+DECODE_COPY_AUTO_MAX_BYTES = 2**30
+
+
+def wants_decode_copy(setting: str, helps: bool, geometry: Geometry, blocks: int, last: bool, budget: int | None) -> bool:
+    """Whether a node holds its block matrices a second time, plain, for decode
+    steps (`setting`: "auto", "true" or "false"; `helps`: the node's kernels and
+    dtype gain from it, linear_kernels.decode_copy_helps). Under a memory budget,
+    "auto" holds it where the node's need with the copy still fits the budget."""
+    if setting not in ("auto", "true", "false"):
+        raise ValueError(f"decode copy must be auto, true or false, not {setting!r}")
+    if setting == "false" or not helps:
+        return False
+    if setting == "true":
+        return True
+    copy = blocks * geometry.block_matrix_bytes
+    if budget is not None:
+        return geometry.need(blocks, last) + copy <= budget
+    return copy <= DECODE_COPY_AUTO_MAX_BYTES

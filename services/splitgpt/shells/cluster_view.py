@@ -193,7 +193,7 @@ class Cluster:
         self._remember(replica.node_id, info)
 
     def _remember(self, node_id: str, info: node_pb2.NodeInfo) -> None:
-        self._memory[node_id] = NodeMemory(info.parameter_bytes, info.resident_bytes)
+        self._memory[node_id] = NodeMemory(info.weight_bytes, info.resident_bytes)
         self._next_info[node_id] = self._clock() + self.settings.info_interval_s
 
     def _forget_memory(self, node_id: str) -> None:

@@ -119,8 +119,8 @@ class _NodeState(Collector):
                       stats.prefix_hits if stats else 0)  # fmt: skip
         yield counter("splitgpt_node_prefix_reused_tokens_total", "Positions those sessions took from kept blocks (not computed)",
                       stats.prefix_reused_tokens if stats else 0)  # fmt: skip
-        yield gauge("splitgpt_node_weight_bytes", "Bytes of weights this partition holds",
-                    engine.partition.parameter_bytes if engine is not None else 0)  # fmt: skip
+        yield gauge("splitgpt_node_weight_bytes", "Bytes of weights this partition holds (its decode copy included)",
+                    engine.partition.weight_bytes if engine is not None else 0)  # fmt: skip
         # process_resident_memory_bytes says the same, but without `node` and `partition`:
         # this one sits beside weight_bytes on the same labels, and is what Info reports.
         yield gauge("splitgpt_node_resident_memory_bytes", "This node process's resident memory (RSS)", resident_bytes())
