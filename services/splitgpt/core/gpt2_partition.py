@@ -23,7 +23,6 @@ from .kv_cache import SessionKV
 from .linear_kernels import (
     PARALLEL_MIN_WEIGHT_BYTES,
     Linear,
-    decode_copy_bytes,
     head_product,
     make_linear,
     make_linear_with_activation,
@@ -83,9 +82,9 @@ class GPT2Partition:
         self.parameter_count = sum(v.numel() for v in t.values())
         self.parameter_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.blocks = [self._block(t, i) for i in range(start, end)]
-        self.decode_copy_bytes = sum(
-            decode_copy_bytes(linear) for b in self.blocks for linear in (b.c_attn, b.attn_proj, b.c_fc_act, b.mlp_proj)
-        )
+        # The copy repeats every block matrix (the 2-d tensors under h.), plain.
+        matrices = [v for name, v in t.items() if name.startswith("h.") and v.dim() == 2]
+        self.decode_copy_bytes = sum(v.numel() * v.element_size() for v in matrices) if self.decode_copy else 0
         # Whether a step is worth several threads: by its largest block matrix, the
         # MLP's d x 4d (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES).
         largest = max(v.numel() * v.element_size() for name, v in t.items() if name.startswith("h."))

@@ -126,10 +126,6 @@ class OneDNNLinear:
             return F.gelu(y, approximate="tanh") if self.gelu_tanh else y
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
 
-    @property
-    def decode_copy_bytes(self) -> int:
-        return 0 if self.plain is None else self.plain.numel() * self.plain.element_size()
-
 
 def decode_copy_helps(kernels: str, dtype: torch.dtype) -> bool:
     """Whether a decode copy can make this partition's small steps faster."""
@@ -155,12 +151,6 @@ def make_linear_with_activation(
     if kernels == "onednn" and activation in FUSABLE_GELU:
         return OneDNNLinear(weight_in_out, bias, gelu_tanh=True, decode_copy=decode_copy)
     return ThenActivation(make_linear(kernels, weight_in_out, bias, decode_copy), ACT2FN[activation])
-
-
-def decode_copy_bytes(linear: Linear) -> int:
-    """The bytes a product's decode copy holds (0 without one)."""
-    inner = linear.linear if isinstance(linear, ThenActivation) else linear
-    return inner.decode_copy_bytes if isinstance(inner, OneDNNLinear) else 0
 
 
 def pack_head_weight(kernels: str, head_out_in: torch.Tensor) -> torch.Tensor:
