@@ -129,7 +129,7 @@ def rows_processed(stack: Stack, partition: int) -> float:
 
 def test_kill_9_of_a_middle_replica_rebuilds_only_its_partition(replicated_stack):
     """The other partitions compute the new tokens and nothing of the history:
-    only the step the replica died in runs again on the partition before it."""
+    only the step the replica died in runs again, on the partitions around it."""
     stack = replicated_stack
     before = [rows_processed(stack, p) for p in range(3)]
     clean, _ = run_all(stack.url, {})
@@ -140,9 +140,12 @@ def test_kill_9_of_a_middle_replica_rebuilds_only_its_partition(replicated_stack
     assert texts == clean
     grown = [rows_processed(stack, p) - before[p] for p in range(3)]
     print(f"\nrows per partition: fault-free {fault_free}, with part1-r0 killed {grown}")
-    # At most one step again per request on partition 0 (the one in flight), none on partition 2.
-    assert fault_free[0] <= grown[0] <= fault_free[0] + len(PROMPTS), (fault_free, grown)
-    assert grown[2] == fault_free[2], (fault_free, grown)
+    # At most one step again per request on partitions 0 and 2: the step in flight. With
+    # relay, part1-r0 may die after passing that step on to partition 2, and its stream's
+    # end fails the step all the same (the coordinator cannot tell), so partition 2 may
+    # run it twice; it rebuilds nothing of the history.
+    for p in (0, 2):
+        assert fault_free[p] <= grown[p] <= fault_free[p] + len(PROMPTS), (fault_free, grown)
     rebuilt = scrape(f"http://127.0.0.1:{stack.metrics_base}/metrics")  # the coordinator's
     assert rebuilt.value("splitgpt_coordinator_rebuilt_tokens_total", partition="1") > 0
     assert rebuilt.value("splitgpt_coordinator_rebuilt_tokens_total", partition="0") == 0

@@ -32,12 +32,14 @@ class InProcessNode:
     def __init__(self, engine: NodeEngine) -> None:
         self.engine = engine
         self.steps = 0
+        self.pieces: list[tuple[str, int, int]] = []  # (session, position, rows) of every step, in order
 
     async def embed(self, items):
         return self.engine.embed(items)
 
     async def step(self, batch):
         self.steps += 1
+        self.pieces += [(s.session_id, s.position, s.length) for s in batch.sequences]
         return self.engine.step(batch)
 
     async def release(self, session_ids):
@@ -221,6 +223,28 @@ async def test_chunked_prefill_equals_hf(cluster, hf_model):
     prompt = PROMPTS[2] * 2  # 14 tokens: five chunks
     tokens, _ = await collect(engine, GenerationRequest("chunked", prompt, max_tokens=8, ignore_eos=True))
     assert tokens == hf_greedy(hf_model, prompt, 8)
+    await engine.close()
+
+
+async def test_a_prompt_is_cut_into_the_same_prefill_chunks_alone_and_under_load(cluster, hf_model):
+    """Chunks end at multiples of the chunk size, whatever else shares the iteration: a
+    prompt's rows are computed in the same pieces alone and behind other prefills (in
+    bfloat16 a prefill split elsewhere rounds its attention otherwise)."""
+    nodes, _ = cluster
+    long_prompt = PROMPTS[2] * 2  # 14 tokens: chunks of 6, 6 and 2
+
+    def prefill_pieces(sid: str) -> list[tuple[int, int]]:
+        return [(pos, n) for s, pos, n in nodes["p0"].pieces if s == sid and pos < len(long_prompt)]
+
+    engine = make_engine(cluster, prefill_chunk_tokens=6, micro_batches=1)  # one batch, one budget
+    alone, _ = await collect(engine, GenerationRequest("alone", long_prompt, max_tokens=4, ignore_eos=True))
+    # A shorter prompt ahead of it takes 4 of the first iteration's 6 tokens.
+    reqs = [GenerationRequest("ahead", PROMPTS[1], max_tokens=4, ignore_eos=True)]
+    reqs.append(GenerationRequest("loaded", long_prompt, max_tokens=4, ignore_eos=True))
+    results = await asyncio.gather(*(collect(engine, r) for r in reqs))
+    assert prefill_pieces("alone") == [(0, 6), (6, 6), (12, 2)]
+    assert prefill_pieces("loaded") == prefill_pieces("alone"), nodes["p0"].pieces
+    assert results[-1][0] == alone == hf_greedy(hf_model, long_prompt, 4)
     await engine.close()
 
 
