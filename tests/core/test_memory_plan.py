@@ -88,6 +88,11 @@ def test_the_decode_copy_is_held_where_it_fits():
     assert wants_decode_copy("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes)
     assert not wants_decode_copy("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes - 1)
     assert wants_decode_copy("true", True, XL, 12, False, None)  # asked for: held whatever it costs
+    # The last node copies its packed head as well.
+    assert SMALL.decode_copy_bytes(4, True) == 4 * SMALL.block_matrix_bytes + 50257 * 768 * 4
+    last_need = SMALL.need(4, True)
+    assert wants_decode_copy("auto", True, SMALL, 4, True, last_need + SMALL.decode_copy_bytes(4, True))
+    assert not wants_decode_copy("auto", True, SMALL, 4, True, last_need + 4 * SMALL.block_matrix_bytes)
     assert not wants_decode_copy("false", True, SMALL, 1, False, None)
     assert not wants_decode_copy("true", False, SMALL, 1, False, None)  # bf16 or the reference kernels: no gain
     with pytest.raises(ValueError, match="auto, true or false"):

@@ -179,21 +179,26 @@ def test_gpt2_small_blocks_are_worth_several_threads(gpt2_small_checkpoint):
 def test_the_decode_copy_serves_small_steps_and_is_counted(tiny_checkpoint, monkeypatch):
     """Steps of up to DECODE_COPY_MAX_ROWS rows read the plain copy, larger ones
     the packed matrices, and both give the same rows (to float order); the copy's
-    bytes are the blocks' matrices once more, on top of the checkpoint's share."""
+    bytes are the blocks' matrices and the head once more, on top of the checkpoint's share."""
     from splitgpt.core import linear_kernels
 
     (packed,) = load_chain(tiny_checkpoint, 1, kernels="onednn")
     (copied,) = load_chain(tiny_checkpoint, 1, kernels="onednn+decode-copy")
     d, blocks = copied.hidden_size, copied.n_local_layers
     assert packed.decode_copy_bytes == 0 and packed.weight_bytes == packed.parameter_bytes
-    assert copied.decode_copy_bytes == blocks * 12 * d * d * 4
+    assert copied.decode_copy_bytes == blocks * 12 * d * d * 4 + copied.config.vocab_size * d * 4
     assert copied.weight_bytes == copied.parameter_bytes + copied.decode_copy_bytes
 
     plain_rows = []
     real_linear = linear_kernels.F.linear
-    monkeypatch.setattr(linear_kernels.F, "linear", lambda x, w, b: plain_rows.append(x.shape[0]) or real_linear(x, w, b))
+    monkeypatch.setattr(linear_kernels.F, "linear", lambda x, w, b=None: plain_rows.append(x.shape[0]) or real_linear(x, w, b))
     most = linear_kernels.DECODE_COPY_MAX_ROWS
     for rows in (1, most, most + 1):
         x = torch.randn(rows, d)
         torch.testing.assert_close(copied.blocks[0].c_fc_act(x), packed.blocks[0].c_fc_act(x), rtol=1e-5, atol=1e-5)
     assert plain_rows == [1, most]  # the plain copy read for the small steps only
+    plain_rows.clear()
+    for rows in (1, most, most + 1):
+        x = torch.randn(rows, d)
+        torch.testing.assert_close(copied.logits(x), packed.logits(x), rtol=1e-5, atol=1e-5)
+    assert plain_rows == [1, most]  # the head's too

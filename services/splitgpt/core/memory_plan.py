@@ -74,6 +74,11 @@ class Geometry:
         packed = self.vocab_size * self.n_embd * self.dtype_bytes if self.pack_head else 0
         return embedding + packed
 
+    def decode_copy_bytes(self, blocks: int, last: bool) -> int:
+        """What a decode copy adds: the block matrices, and the last node's packed head."""
+        head = self.vocab_size * self.n_embd * self.dtype_bytes if last and self.pack_head else 0
+        return blocks * self.block_matrix_bytes + head
+
     def need(self, blocks: int, last: bool) -> int:
         """A node's resident bytes, its KV cache aside."""
         return RUNTIME_BYTES + blocks * self.block_bytes + (self.head_bytes if last else 0)
@@ -151,9 +156,9 @@ DECODE_COPY_AUTO_MAX_BYTES = 2**30
 
 
 def wants_decode_copy(setting: str, helps: bool, geometry: Geometry, blocks: int, last: bool, budget: int | None) -> bool:
-    """Whether a node holds its block matrices a second time, plain, for decode
-    steps (`setting`: "auto", "true" or "false"; `helps`: the node's kernels and
-    dtype gain from it, linear_kernels.decode_copy_helps). Under a memory budget,
+    """Whether a node holds its block matrices (and packed head) a second time,
+    plain, for decode steps (`setting`: "auto", "true" or "false"; `helps`: the
+    node's kernels and dtype gain from it, linear_kernels.decode_copy_helps). Under a memory budget,
     "auto" holds it where the node's need with the copy still fits the budget."""
     if setting not in ("auto", "true", "false"):
         raise ValueError(f"decode copy must be auto, true or false, not {setting!r}")
@@ -161,7 +166,7 @@ def wants_decode_copy(setting: str, helps: bool, geometry: Geometry, blocks: int
         return False
     if setting == "true":
         return True
-    copy = blocks * geometry.block_matrix_bytes
+    copy = geometry.decode_copy_bytes(blocks, last)
     if budget is not None:
         return geometry.need(blocks, last) + copy <= budget
     return copy <= DECODE_COPY_AUTO_MAX_BYTES
