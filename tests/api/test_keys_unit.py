@@ -234,3 +234,37 @@ def test_the_rate_limit_answers_429_with_retry_after_per_client():
         # Other routes are not limited; another key has its own bucket.
         assert c.get("/api/cluster", headers=a).status_code == 503
         assert c.post("/api/model/process", json=body, headers={"X-API-Key": KEY_B}).status_code == 503
+
+
+def test_a_request_of_several_generations_is_charged_one_per_generation():
+    """A /v1 body with several prompts (or n > 1) costs the rate limit and the concurrency
+    cap what as many single requests would: checked before the route does any work."""
+    with client(rate_limit_per_min=4, rate_limit_burst=4, keys=f"{KEY_A},{KEY_B}") as c:
+        a, b = {"X-API-Key": KEY_A}, {"X-API-Key": KEY_B}
+        three = {"model": "m", "prompt": ["one", "two", "three"], "max_tokens": 1}
+        assert c.post("/v1/completions", json=three, headers=a).status_code == 503  # 3 of 4 taken; no backend
+        two = {"model": "m", "prompt": "hi", "n": 2, "max_tokens": 1}
+        r = c.post("/v1/completions", json=two, headers=a)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded", r.text
+        assert int(r.headers["retry-after"]) >= 1
+        # More than the burst in one request could never pass: a 400 naming n, not a 429 to retry.
+        r = c.post("/v1/completions", json={"model": "m", "prompt": "hi", "n": 5, "max_tokens": 1}, headers=b)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+    with client(max_concurrent_per_key=2, keys=KEY_A) as c:
+        r = c.post(
+            "/v1/completions", json={"model": "m", "prompt": ["a", "b", "c"], "max_tokens": 1}, headers={"X-API-Key": KEY_A}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "over_concurrency_limit", r.text
+        two = {"model": "m", "prompt": ["a", "b"], "max_tokens": 1}
+        assert c.post("/v1/completions", json=two, headers={"X-API-Key": KEY_A}).status_code == 503  # charged, then released
+
+
+def test_the_fan_out_caps_are_checked_before_the_backends_and_configurable():
+    with client(max_prompts_per_request=2, max_generations_per_request=3) as c:
+        r = c.post("/v1/completions", json={"model": "m", "prompt": ["a", "b", "c"]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+        r = c.post("/v1/completions", json={"model": "m", "prompt": ["a", "b"], "n": 2})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_generations", r.text
+        r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 4})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+        assert c.post("/v1/completions", json={"model": "m", "prompt": [[1, 2], [3]], "n": 1}).status_code == 503

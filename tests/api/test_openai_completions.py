@@ -216,6 +216,21 @@ def test_a_token_id_wider_than_the_wire_is_a_400(client, model):
     assert exc.value.body["param"].startswith("prompt")
 
 
+def test_a_request_of_more_prompts_or_generations_than_the_caps_is_a_400(client, model, stack):
+    """The default caps (64 prompts, 64 prompts x n) are answered before anything is tokenized:
+    a MiB of one-token prompts is refused at once, not after building every generation."""
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=model, prompt=[[15496]] * 100_000, max_tokens=1)
+    assert exc.value.code == "too_many_prompts" and exc.value.body["param"] == "prompt"
+    assert "100000 prompts" in exc.value.message and "at most 64" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=model, prompt=["Hi"] * 5, n=16, max_tokens=1)
+    assert exc.value.code == "too_many_generations" and exc.value.body["param"] == "n"
+    assert "80 generations" in exc.value.message
+    # At the cap it runs: 4 prompts x n=16.
+    assert len(client.completions.create(model=model, prompt=["Hi"] * 4, n=16, max_tokens=1).choices) == 64
+
+
 def test_unknown_model_is_404_in_openai_shape(client, stack):
     with pytest.raises(openai.NotFoundError) as exc:
         client.completions.create(model="gpt-5", prompt="Hi", max_tokens=2)

@@ -21,6 +21,7 @@ from .deps import request_id as _request_id
 from .disconnect import unless_disconnected
 from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
+from .fan_out import FanOut
 from .generation import Done, GenerationService, TextDelta
 from .metrics import ApiMetrics, ErrorAnswers, GenerationRequestMetrics
 from .openai.routes import openai_router
@@ -87,7 +88,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # Any route can meet a body over the limit, or a bug.
     app.include_router(_routes(), responses=error_responses(413, 500))
     # The OpenAI-compatible API: its errors in OpenAI's shape (api/openai/errors.py).
-    app.include_router(openai_router(settings.served_model_name))
+    fan_out = FanOut(settings.max_prompts_per_request, settings.max_generations_per_request)
+    app.include_router(openai_router(settings.served_model_name, fan_out))
     return app
 
 

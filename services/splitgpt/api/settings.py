@@ -33,6 +33,10 @@ class ApiSettings(InternalSecuritySettings):  # + the internal token and TLS of 
     keys: SecretStr | None = Field(None, description="API keys, comma-separated; `admin:KEY` marks an admin key")
     keys_file: str | None = Field(None, description="a file of API keys, one a line (`admin:KEY`, # comments)")
     # Generation routes only, per key (per client address when open), per gateway replica. 0 = off.
-    rate_limit_per_min: float = Field(0.0, ge=0.0, description="generation requests a minute per key; 0 = no limit")
+    # A request of several generations (prompts x n on /v1) is charged one per generation.
+    rate_limit_per_min: float = Field(0.0, ge=0.0, description="generations a minute per key; 0 = no limit")
     rate_limit_burst: int = Field(0, ge=0, description="requests allowed at once before the rate applies; 0 = one minute's worth")
-    max_concurrent_per_key: int = Field(0, ge=0, description="generation requests running at once per key; 0 = no limit")
+    max_concurrent_per_key: int = Field(0, ge=0, description="generations running at once per key; 0 = no limit")
+    # Generations one request may ask for (api/fan_out.py): /v1/completions' prompts, and prompts x n.
+    max_prompts_per_request: int = Field(64, ge=1, description="prompts in one /v1/completions request")
+    max_generations_per_request: int = Field(64, ge=1, description="prompts x n in one request")

@@ -30,7 +30,14 @@ def openai_status(error: ApiError) -> int:
     return 400 if error.status == 422 else error.status
 
 
+# The codes that differ from the gateway's type: a per-key limit is OpenAI's
+# rate_limit_exceeded, whether the edge middleware or a route (a request of
+# several generations, api/rate_limit.py) refused it.
+CODE_FOR_TYPE = {"rate_limited": "rate_limit_exceeded", "concurrency_limited": "rate_limit_exceeded"}
+
+
 def openai_body(error: ApiError) -> dict:
     status = openai_status(error)
     kind = TYPE_FOR_STATUS.get(status) or ("invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.type}}
+    code = CODE_FOR_TYPE.get(error.type, error.type)
+    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": code}}

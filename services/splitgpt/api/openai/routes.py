@@ -13,6 +13,8 @@ from ..deps import Generation, JsonBody, RequestId
 from ..deps import request_id as _request_id
 from ..disconnect import unless_disconnected
 from ..errors import ApiError
+from ..fan_out import FanOut, prompt_count
+from ..rate_limit import charge_generations
 from ..shutdown import drain
 from . import streaming
 from .errors import openai_body
@@ -62,7 +64,9 @@ def _sse_response(model: type, what: str) -> dict:
     }
 
 
-def openai_router(served_model_name: str | None) -> APIRouter:
+def openai_router(served_model_name: str | None, fan_out: FanOut) -> APIRouter:
+    """`fan_out`: the generations one request may ask for, checked and charged to the
+    key's limits before anything else (the model check included) runs."""
     router = APIRouter(prefix="/v1", tags=["openai"])
 
     def serving(generation) -> OpenAIServing:
@@ -88,6 +92,7 @@ def openai_router(served_model_name: str | None) -> APIRouter:
     )
     async def completions(body: CompletionRequest, generation: Generation, request: Request, x_request_id: RequestId = None):
         """OpenAI's (legacy) completions: prompts, n, logprobs, echo, stop, seed, stream."""
+        charge_generations(request.scope, fan_out.generations(prompt_count(body.prompt), body.n))
         s = serving(generation)
         model = await s.check_model(body.model)
         rid = _request_id(x_request_id)
@@ -118,6 +123,7 @@ def openai_router(served_model_name: str | None) -> APIRouter:
     ):
         """Chat over a plain GPT-2 template: a system message as the first line, then
         `User: ...` / `Assistant: ...` lines, ending in `Assistant:`; stops at "\\nUser:"."""
+        charge_generations(request.scope, fan_out.generations(1, body.n))
         s = serving(generation)
         model = await s.check_model(body.model)
         rid = _request_id(x_request_id)
