@@ -13,7 +13,7 @@ from splitgpt.core.memory_plan import (
     memory_split,
     parse_budgets,
     parse_bytes,
-    weight_layout,
+    wants_decode_copy,
 )
 from splitgpt.core.tiny_model import GEOMETRIES, parameter_count
 
@@ -78,25 +78,22 @@ def test_a_node_refuses_a_share_above_its_own_budget():
 SMALL = Geometry(n_layer=12, n_embd=768, n_positions=1024, vocab_size=50257, dtype_bytes=4)
 
 
-def test_the_decode_copy_is_held_where_it_fits_else_the_plain_layout():
-    """auto: "both" (the decode copy) without a budget up to 1 GiB of copy (a
-    GPT-2-small node's, not a quarter of gpt2-xl's), under a budget where need +
-    copy still fit it; else "plain", which costs what "packed" costs."""
+def test_the_decode_copy_is_held_where_it_fits():
+    """auto: without a budget up to 1 GiB of copy (a GPT-2-small node's, not a
+    quarter of gpt2-xl's); under a budget where need + copy still fit it."""
     assert SMALL.block_matrix_bytes == 12 * 768 * 768 * 4
-    assert weight_layout("auto", True, SMALL, 4, False, None) == "both"
-    assert weight_layout("auto", True, XL, 12, False, None) == "plain"  # 1.47 GB of copy
+    assert wants_decode_copy("auto", True, SMALL, 4, False, None)
+    assert not wants_decode_copy("auto", True, XL, 12, False, None)  # 1.47 GB of copy
     need = XL.need(12, False)
-    assert weight_layout("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes) == "both"
-    assert weight_layout("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes - 1) == "plain"
-    assert weight_layout("both", True, XL, 12, False, None) == "both"  # asked for: held whatever it costs
+    assert wants_decode_copy("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes)
+    assert not wants_decode_copy("auto", True, XL, 12, False, need + 12 * XL.block_matrix_bytes - 1)
+    assert wants_decode_copy("true", True, XL, 12, False, None)  # asked for: held whatever it costs
     # The last node copies its packed head as well.
     assert SMALL.decode_copy_bytes(4, True) == 4 * SMALL.block_matrix_bytes + 50257 * 768 * 4
     last_need = SMALL.need(4, True)
-    assert weight_layout("auto", True, SMALL, 4, True, last_need + SMALL.decode_copy_bytes(4, True)) == "both"
-    assert weight_layout("auto", True, SMALL, 4, True, last_need + 4 * SMALL.block_matrix_bytes) == "plain"
-    assert weight_layout("packed", True, SMALL, 1, False, None) == "packed"
-    assert weight_layout("plain", True, SMALL, 1, False, None) == "plain"
-    for setting in ("auto", "both", "plain"):  # bf16 or the reference kernels: packed (or nothing) is best
-        assert weight_layout(setting, False, SMALL, 1, False, None) == "packed"
-    with pytest.raises(ValueError, match="auto, packed, plain, both"):
-        weight_layout("yes", True, SMALL, 1, False, None)
+    assert wants_decode_copy("auto", True, SMALL, 4, True, last_need + SMALL.decode_copy_bytes(4, True))
+    assert not wants_decode_copy("auto", True, SMALL, 4, True, last_need + 4 * SMALL.block_matrix_bytes)
+    assert not wants_decode_copy("false", True, SMALL, 1, False, None)
+    assert not wants_decode_copy("true", False, SMALL, 1, False, None)  # bf16 or the reference kernels: no gain
+    with pytest.raises(ValueError, match="auto, true or false"):
+        wants_decode_copy("yes", True, SMALL, 1, False, None)

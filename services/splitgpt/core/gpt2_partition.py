@@ -55,10 +55,11 @@ class GPT2Partition:
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
         pack_head: bool = False,
-        layout: str = "packed",
+        decode_copy: bool = False,
     ) -> None:
-        """`layout` (linear_kernels.LAYOUTS), with oneDNN: how the block matrices are
-        held; "both" also keeps a packed head plain, for steps of a few rows."""
+        """`decode_copy`: the block matrices (and a packed head) kept plain as well,
+        for steps of a few rows (linear_kernels.DECODE_COPY_MAX_ROWS); used with
+        oneDNN only."""
         if not 0 <= start < end <= config.n_layer:
             raise ValueError(f"blocks [{start}, {end}) outside the model's {config.n_layer}")
         self.config = config
@@ -71,7 +72,7 @@ class GPT2Partition:
         self.head_dim = config.n_embd // config.n_head
         self.eps = config.layer_norm_epsilon
         self.kernels = resolve_kernels(kernels, self.device, dtype)
-        self.layout = layout if self.kernels == "onednn" else "reference"
+        self.decode_copy = decode_copy and self.kernels == "onednn"
         t = {k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}
         # The vectors (biases, norms) are kept as they are; read from safetensors
         # they are views of the checkpoint's file mapping, and a view keeps the whole
@@ -83,9 +84,9 @@ class GPT2Partition:
         self.parameter_count = sum(v.numel() for v in t.values())
         self.parameter_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.blocks = [self._block(t, i) for i in range(start, end)]
-        # "both" repeats every block matrix (the 2-d tensors under h.), plain: the decode copy.
+        # The copy repeats every block matrix (the 2-d tensors under h.), plain.
         matrices = [v for name, v in t.items() if name.startswith("h.") and v.dim() == 2]
-        self.decode_copy_bytes = sum(v.numel() * v.element_size() for v in matrices) if self.layout == "both" else 0
+        self.decode_copy_bytes = sum(v.numel() * v.element_size() for v in matrices) if self.decode_copy else 0
         # Whether a step is worth several threads: by its largest block matrix, the
         # MLP's d x 4d (linear_kernels.PARALLEL_MIN_WEIGHT_BYTES).
         largest = max(v.numel() * v.element_size() for name, v in t.items() if name.startswith("h."))
@@ -95,7 +96,7 @@ class GPT2Partition:
             self.wte, self.wpe = t["wte.weight"], t["wpe.weight"]
             self.ln_f = (t["ln_f.weight"], t["ln_f.bias"])
             self.lm_head = t.get("lm_head.weight", self.wte)
-            if pack_head and self.layout == "both":
+            if pack_head and self.decode_copy:
                 # The head is the largest matrix of all, and the packed layout serves
                 # it one row as slowly as it does the blocks' (5.6 against 4.0 ms at
                 # GPT-2's size, 13.9 against 10.6 at gpt2-xl's). The copy is the node's
@@ -117,12 +118,12 @@ class GPT2Partition:
         dtype: torch.dtype = torch.float32,
         kernels: str = "auto",
         pack_head: bool = False,
-        layout: str = "packed",
+        decode_copy: bool = False,
     ) -> GPT2Partition:
         config = load_config(model_dir)
         index = CheckpointIndex(model_dir)
         names = partition_tensor_names(config, start, end, holds_head, index)
-        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels, pack_head, layout)
+        return cls(config, start, end, holds_head, index.read(names), device, dtype, kernels, pack_head, decode_copy)
 
     def _block(self, t: dict[str, torch.Tensor], i: int) -> Block:
         p = f"h.{i}."
@@ -130,13 +131,15 @@ class GPT2Partition:
         if self.config.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
         pair = lambda name: (t[p + name + ".weight"], t[p + name + ".bias"])  # noqa: E731
-        linear = lambda name: make_linear(self.kernels, *pair(name), self.layout)  # noqa: E731
+        linear = lambda name: make_linear(self.kernels, *pair(name), self.decode_copy)  # noqa: E731
         return Block(
             ln_1=pair("ln_1"),
             c_attn=linear("attn.c_attn"),
             attn_proj=linear("attn.c_proj"),
             ln_2=pair("ln_2"),
-            c_fc_act=make_linear_with_activation(self.kernels, *pair("mlp.c_fc"), self.config.activation_function, self.layout),
+            c_fc_act=make_linear_with_activation(
+                self.kernels, *pair("mlp.c_fc"), self.config.activation_function, self.decode_copy
+            ),
             mlp_proj=linear("mlp.c_proj"),
             attn_scale=scale,
         )

@@ -5,8 +5,8 @@ On the CPU the step is almost all GEMMs of a few to a few dozen rows against
 ("packed", as inductor's freezing pass does) runs 1.4-2.4x faster than
 `addmm`, which repacks the weight on every call: measured on this 2-core box,
 one thread, [16, 768] x [768, 3072] 0.85 ms against 1.79 ms. A block's packed
-copy replaces the plain one, unless the node's layout (below) keeps the plain
-one for steps of a few rows, where it is the faster. The tied head
+copy replaces the plain one, unless the node keeps a decode copy for steps of a
+few rows (below), where the plain layout is the faster. The tied head
 is packed too (see pack_head_weight), while its plain form, the embedding
 table, stays mapped from the checkpoint file.
 
@@ -87,7 +87,7 @@ class ThenActivation:
         return self.activation(self.linear(x))
 
 
-# Layouts. oneDNN's packed layout serves a step of a few rows worse
+# The decode copy. oneDNN's packed layout serves a step of a few rows worse
 # than a plain [out, in] matrix serves it: a product with one row is a
 # matrix-vector product, bound by how fast the weights stream from memory,
 # and MKL's row-major dot products stream faster than oneDNN's 64-wide panels.
@@ -95,40 +95,27 @@ class ThenActivation:
 # of 12 gpt2-xl blocks (1.47 GB from DRAM): plain 53.6/58.0/60.3 ms at
 # 1/2/3 rows against packed 64.9/71.0/71.5 (27.4 against 22.6 GB/s at one
 # row); at gpt2's 768 wide 4.4 against 6.7 ms at one row. From four rows on,
-# MKL is 1.1-2.1x slower than the packed layout. oneDNN can also read the plain
-# matrix without packing it first, and from four rows on that costs little:
-# 76/88/103/133/223/638 ms at 4/8/16/32/64/256 rows against packed
-# 61/74/92/128/220/623 (same 12 blocks). So a node holds one of three layouts:
-#   "packed": oneDNN's blocked layout alone, the fastest from 4 rows on;
-#   "both": packed, and a plain copy for steps of at most DECODE_COPY_MAX_ROWS
-#     rows (the "decode copy": twice the block weights, the fastest everywhere);
-#   "plain": the plain matrix alone, read by MKL up to DECODE_COPY_MAX_ROWS rows
-#     and by oneDNN beyond: the memory of "packed", its single stream 14% faster,
-#     4-25% slower at 4-16 rows, 2-4% from 32 on.
-# In bfloat16 the packed kernels (AMX) were faster at every row count, so other
-# layouts are float32 only.
+# MKL is 1.1-1.8x slower than the packed layout, so a node may hold both and
+# pick by the step's rows. In bfloat16 the packed kernels (AMX) were faster at
+# every row count, so the copy is float32 only.
 DECODE_COPY_MAX_ROWS = 3
-LAYOUT_DTYPES = (torch.float32,)
-LAYOUTS = ("packed", "both", "plain")
+DECODE_COPY_DTYPES = (torch.float32,)
 
 
 class OneDNNLinear:
     """x @ W + b with W reordered once into oneDNN's blocked layout, and
     optionally the tanh-approximated GELU fused into the same kernel.
 
-    `layout` (see above): with "both" the plain [out, in] matrix is kept beside
-    the packed one, with "plain" instead of it; either way it serves steps of at
-    most DECODE_COPY_MAX_ROWS rows."""
+    With `decode_copy`, the plain [out, in] matrix is kept too and serves steps
+    of at most DECODE_COPY_MAX_ROWS rows (see above): twice the weight memory."""
 
     def __init__(
-        self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, gelu_tanh: bool = False, layout: str = "packed"
+        self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, gelu_tanh: bool = False, decode_copy: bool = False
     ) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        # oneDNN takes [out, in]; the reorder copies, so with "packed" alone the plain weight is dropped.
+        # oneDNN takes [out, in]; the reorder copies, so without the decode copy the plain weight is dropped.
         plain = weight_in_out.t().contiguous()
-        self.weight = plain if layout == "plain" else torch.ops.mkldnn._reorder_linear_weight(plain, None)
-        self.plain = None if layout == "packed" else plain
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(plain, None)
+        self.plain = plain if decode_copy else None
         self.bias = bias
         self.gelu_tanh = gelu_tanh
         self.post_op, self.algorithm = ("gelu", "tanh") if gelu_tanh else ("none", "")
@@ -140,9 +127,9 @@ class OneDNNLinear:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
 
 
-def layouts_help(kernels: str, dtype: torch.dtype) -> bool:
-    """Whether a layout other than "packed" can make this partition's small steps faster."""
-    return kernels == "onednn" and dtype in LAYOUT_DTYPES
+def decode_copy_helps(kernels: str, dtype: torch.dtype) -> bool:
+    """Whether a decode copy can make this partition's small steps faster."""
+    return kernels == "onednn" and dtype in DECODE_COPY_DTYPES
 
 
 # GPT-2's "gelu_new" is 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))): oneDNN's
@@ -151,19 +138,19 @@ def layouts_help(kernels: str, dtype: torch.dtype) -> bool:
 FUSABLE_GELU = {"gelu_new", "gelu_pytorch_tanh"}
 
 
-def make_linear(kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, layout: str = "packed") -> Linear:
+def make_linear(kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, decode_copy: bool = False) -> Linear:
     if kernels == "onednn":
-        return OneDNNLinear(weight_in_out, bias, layout=layout)
+        return OneDNNLinear(weight_in_out, bias, decode_copy=decode_copy)
     return AddmmLinear(weight_in_out, bias)
 
 
 def make_linear_with_activation(
-    kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, activation: str, layout: str = "packed"
+    kernels: str, weight_in_out: torch.Tensor, bias: torch.Tensor, activation: str, decode_copy: bool = False
 ) -> Linear:
     """The MLP's first layer and its activation: one fused kernel where oneDNN can."""
     if kernels == "onednn" and activation in FUSABLE_GELU:
-        return OneDNNLinear(weight_in_out, bias, gelu_tanh=True, layout=layout)
-    return ThenActivation(make_linear(kernels, weight_in_out, bias, layout), ACT2FN[activation])
+        return OneDNNLinear(weight_in_out, bias, gelu_tanh=True, decode_copy=decode_copy)
+    return ThenActivation(make_linear(kernels, weight_in_out, bias, decode_copy), ACT2FN[activation])
 
 
 def pack_head_weight(kernels: str, head_out_in: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ stays in the checkpoint's file mapping: page cache, not the node's own), and
 the process itself (Python, torch, gRPC: RUNTIME_BYTES). The KV cache comes on
 top, bounded by the node's token budget (SPLITGPT_NODE_KV_MAX_TOKENS). The plan
 leaves out the decode copy (linear_kernels): a node holds one only where it
-fits on top of the plan (weight_layout), so the copy never refuses a plan.
+fits on top of the plan (wants_decode_copy), so the copy never refuses a plan.
 """
 
 from __future__ import annotations
@@ -148,28 +148,25 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-# Without a memory budget, a node holds the decode copy (layout "both",
-# linear_kernels) while it costs at most this much: a GPT-2-small node's copy is
-# about 0.1 GiB, a quarter of gpt2-xl's 1.4 GiB, which would make each node's
-# weights half the checkpoint's instead of a quarter (the point of splitting a
-# model so large).
+# Without a memory budget, a node holds the decode copy (linear_kernels) while
+# it costs at most this much: a GPT-2-small node's copy is about 0.1 GiB, a
+# quarter of gpt2-xl's 1.4 GiB, which would make each node's weights half the
+# checkpoint's instead of a quarter (the point of splitting a model so large).
 DECODE_COPY_AUTO_MAX_BYTES = 2**30
-WEIGHT_LAYOUT_SETTINGS = ("auto", "packed", "plain", "both")
 
 
-def weight_layout(setting: str, helps: bool, geometry: Geometry, blocks: int, last: bool, budget: int | None) -> str:
-    """How a node holds its block matrices (linear_kernels.LAYOUTS). `setting`: "auto"
-    or a layout; `helps`: the node's kernels and dtype gain from a layout other than
-    "packed" (linear_kernels.layouts_help), else "packed". "auto" is "both" where the
-    decode copy fits (under a memory budget: the node's need with the copy fits it;
-    without one: the copy is at most DECODE_COPY_AUTO_MAX_BYTES), else "plain", which
-    costs no more memory than "packed" and serves a single stream faster."""
-    if setting not in WEIGHT_LAYOUT_SETTINGS:
-        raise ValueError(f"weight layout must be one of {', '.join(WEIGHT_LAYOUT_SETTINGS)}, not {setting!r}")
-    if not helps:
-        return "packed"
-    if setting != "auto":
-        return setting
+def wants_decode_copy(setting: str, helps: bool, geometry: Geometry, blocks: int, last: bool, budget: int | None) -> bool:
+    """Whether a node holds its block matrices (and packed head) a second time,
+    plain, for decode steps (`setting`: "auto", "true" or "false"; `helps`: the
+    node's kernels and dtype gain from it, linear_kernels.decode_copy_helps). Under a memory budget,
+    "auto" holds it where the node's need with the copy still fits the budget."""
+    if setting not in ("auto", "true", "false"):
+        raise ValueError(f"decode copy must be auto, true or false, not {setting!r}")
+    if setting == "false" or not helps:
+        return False
+    if setting == "true":
+        return True
     copy = geometry.decode_copy_bytes(blocks, last)
-    fits = geometry.need(blocks, last) + copy <= budget if budget is not None else copy <= DECODE_COPY_AUTO_MAX_BYTES
-    return "both" if fits else "plain"
+    if budget is not None:
+        return geometry.need(blocks, last) + copy <= budget
+    return copy <= DECODE_COPY_AUTO_MAX_BYTES

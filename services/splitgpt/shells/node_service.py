@@ -23,8 +23,8 @@ from pydantic_settings import SettingsConfigDict
 from ..core import tensors
 from ..core.checkpoint import ModelSourceError, load_config, resolve_model_dir
 from ..core.gpt2_partition import GPT2Partition
-from ..core.linear_kernels import layouts_help, resolve_kernels
-from ..core.memory_plan import Geometry, check_budget, parse_bytes, weight_layout
+from ..core.linear_kernels import decode_copy_helps, resolve_kernels
+from ..core.memory_plan import Geometry, check_budget, parse_bytes, wants_decode_copy
 from ..core.node_contract import NodeNotReady, SequenceStep, StepBatch
 from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes, return_freed_memory
 from ..core.partitioning import PartitionError, resolve_split
@@ -76,12 +76,11 @@ class NodeSettings(InternalSecuritySettings):
     # checkpoint's file mapping, which stays plain: the packed copy is this
     # node's own memory, the mapped rows are page cache (shared, reclaimable).
     pack_head: bool = True
-    # With oneDNN in float32, how the block matrices are held (linear_kernels says
-    # why): "packed", "both" (packed and a plain decode copy for steps of 1-3 rows:
-    # twice the block weights) or "plain" (the memory of "packed", a faster single
-    # stream, slower batches). "auto": "both" where the copy fits the memory
-    # budget, or without one where it is at most 1 GiB; else "plain".
-    weight_layout: Literal["auto", "packed", "plain", "both"] = "auto"
+    # With oneDNN in float32, also hold the block matrices plain for steps of 1-3
+    # rows (a single stream's decode: 17-35% faster products, twice the block
+    # weights; linear_kernels says why). "auto": where the copy fits the memory
+    # budget, or without one where it is at most 1 GiB; "true"; "false".
+    decode_copy: Literal["auto", "true", "false"] = "auto"
     # This node's memory (4G, 1.5G, bytes; Kubernetes: the pod's limit): it refuses
     # to load a share that needs more (core.memory_plan). None: no check.
     memory_budget: str | None = None
@@ -114,8 +113,8 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
     if budget is not None:  # before any weight is read
         check_budget(geometry, end - start, last, budget, settings.node_id)
     kernels = resolve_kernels(settings.kernels, torch.device(settings.device), dtype)
-    helps = layouts_help(kernels, dtype)
-    layout = weight_layout(settings.weight_layout, helps, geometry, end - start, last, budget)
+    helps = decode_copy_helps(kernels, dtype)
+    decode_copy = wants_decode_copy(settings.decode_copy, helps, geometry, end - start, last, budget)
     partition = GPT2Partition.from_checkpoint(
         model_dir,
         start,
@@ -125,7 +124,7 @@ def load_engine(settings: NodeSettings) -> NodeEngine:
         dtype=dtype,
         kernels=kernels,
         pack_head=settings.pack_head,
-        layout=layout,
+        decode_copy=decode_copy,
     )
     threads = ThreadBudget(settings.torch_threads or torch.get_num_threads(), settings.divide_threads)
     engine = NodeEngine(partition, settings.kv_max_tokens, settings.kv_ttl_s, threads)
@@ -177,7 +176,7 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             dtype=self.settings.dtype,
             parameter_bytes=p.parameter_bytes,
             weight_bytes=p.weight_bytes,
-            weight_layout=p.layout,
+            decode_copy=p.decode_copy,
             parameter_count=p.parameter_count,
             n_ctx=p.config.n_positions,
             vocab_size=p.config.vocab_size,
@@ -355,10 +354,10 @@ async def start(settings: NodeSettings, executor: Executor | None = None) -> Grp
     servicer.attach(engine)
     p = engine.partition
     log.info(
-        "%s serving blocks [%d, %d)%s of %s: %.1f M parameters, %.1f MB, %s layout%s",
+        "%s serving blocks [%d, %d)%s of %s: %.1f M parameters, %.1f MB%s",
         settings.node_id, p.start, p.end, " + embedding/head" if p.holds_head else "",
-        settings.model_id, p.parameter_count / 1e6, p.parameter_bytes / 1e6, p.layout,
-        f" + a {p.decode_copy_bytes / 1e6:.1f} MB decode copy" if p.decode_copy_bytes else "",
+        settings.model_id, p.parameter_count / 1e6, p.parameter_bytes / 1e6,
+        f" + a {p.decode_copy_bytes / 1e6:.1f} MB decode copy" if p.decode_copy else "",
     )  # fmt: skip
     await server.set_serving(True)
     return server
