@@ -82,8 +82,10 @@ def test_hidden_states_and_greedy_tokens_equal_hf(tiny_checkpoint, hf_model, n_p
         for part, out in zip(chain[:-1], boundaries[:-1]):
             # hidden_states[k] is the output of block k-1: the boundary after `part`.
             torch.testing.assert_close(out, hf.hidden_states[part.end][0], rtol=1e-5, atol=1e-5)
-        # The last boundary is before ln_f: compare the logits it leads to.
-        torch.testing.assert_close(chain[-1].logits(boundaries[-1]), hf.logits[0], rtol=1e-4, atol=1e-4)
+        # The last boundary is before ln_f: compare the logits it leads to. MKL's sums
+        # vary with the buffers' alignment from run to run (up to 1.7e-4 was seen on the
+        # reference kernels, 1 run in 6), hence atol 5e-4.
+        torch.testing.assert_close(chain[-1].logits(boundaries[-1]), hf.logits[0], rtol=1e-4, atol=5e-4)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
