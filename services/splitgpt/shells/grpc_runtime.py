@@ -18,13 +18,26 @@ from .main_thread import SignalRelay
 
 log = logging.getLogger(__name__)
 
-# A prefill of 1024 positions of gpt2-xl hidden states is 6.5 MB per sequence;
-# gRPC's 4 MB default would refuse it.
+# What a client channel may carry: a prefill of 1024 positions of gpt2-xl hidden
+# states is 6.5 MB per sequence, and gRPC's 4 MB default would refuse it.
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# What a server accepts is its own, sized to what it legitimately receives
+# (GrpcServer's `max_receive_bytes`): the tokenizer and the coordinator take
+# text and token ids, which the gateway's body limit keeps far below this; a
+# node takes hidden states, up to what its KV budget lets one step add
+# (node_receive_limit). Larger messages end with RESOURCE_EXHAUSTED, before
+# a servicer (or the memory for them) is involved.
+SERVICE_RECEIVE_BYTES = 8 * 1024 * 1024
+# HTTP/2 streams one connection may hold open at once. The gateway multiplexes
+# all its calls to a service over one connection, so the cap sits above what a
+# service admits (the coordinator: its batch and queue; a refused call must
+# still get its stream, to hear RESOURCE_EXHAUSTED rather than wait) but bounds
+# what one connection can pile up.
+DEFAULT_MAX_STREAMS = 1024
 # A client retries a refused connection after a backoff that gRPC grows 1.6x
 # per attempt up to 120 s: a node that took 25 s to start (a loaded host) was
 # then seen SERVING only ~10 s later, and every probe in between failed fast.
@@ -38,16 +51,30 @@ class GrpcServer:
     """A grpc.aio server with grpc.health.v1, NOT_SERVING until `set_serving`,
     and core exceptions mapped to status codes (shells.error_mapping)."""
 
-    def __init__(self, service_name: str, host: str, port: int, security: InternalSecurity | None = None) -> None:
+    def __init__(
+        self,
+        service_name: str,
+        host: str,
+        port: int,
+        security: InternalSecurity | None = None,
+        max_receive_bytes: int = SERVICE_RECEIVE_BYTES,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+    ) -> None:
         """`security`: the internal token and TLS (shells.internal_auth). None: open and
         plain text, quietly (tests); a service passes its settings' own, and is told
-        with a WARNING when that has no token."""
+        with a WARNING when that has no token. `max_receive_bytes`: the largest
+        message accepted; `max_streams`: concurrent calls per connection."""
         self.service_name = service_name
         self.draining = False  # set by a stop signal (the node's splitgpt_node_draining)
         self.on_stop: list[Callable[[], None]] = []  # e.g. closing the metrics port
         # No SO_REUSEPORT: a second server on a taken port must fail to bind,
         # not silently share the port with a stale node of an earlier stack.
-        options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.max_concurrent_streams", max_streams),
+            ("grpc.so_reuseport", 0),
+        ]
         # The token is checked first: a refused call reaches no servicer.
         interceptors = [*(security.server_interceptors() if security else []), ErrorMappingInterceptor()]
         self.server = grpc.aio.server(options=options, interceptors=interceptors)

@@ -173,25 +173,27 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, why: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that ends the call with UNAUTHENTICATED,
-    reading nothing of the request (its bytes are never parsed)."""
+    """A handler that ends the call with UNAUTHENTICATED before reading its request.
+
+    Always a request-streaming handler, whatever the method's kind: grpc reads
+    a unary request whole (up to the receive limit) before a unary handler
+    runs, while a streaming one receives messages only when it asks, so a
+    tokenless caller's payload is never taken off the wire beyond HTTP/2's flow
+    control window. The wire is the same for both kinds; only the server's
+    reading differs, and the client sees the status either way."""
     code = grpc.StatusCode.UNAUTHENTICATED
 
-    async def refuse(_request, context):
+    async def refuse(_requests, context):
         await context.abort(code, why)
 
-    async def refuse_stream(_request, context):
+    async def refuse_stream(_requests, context):
         await context.abort(code, why)
         yield  # pragma: no cover  (abort raises)
 
     serializer = handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream, None, serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, None, serializer)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, None, serializer)
-    return grpc.unary_unary_rpc_method_handler(refuse, None, serializer)
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, None, serializer)
+    return grpc.stream_unary_rpc_method_handler(refuse, None, serializer)
 
 
 class _AddsToken:

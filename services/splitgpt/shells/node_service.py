@@ -34,7 +34,7 @@ from ..rpc import node_pb2, node_pb2_grpc
 from .cli_settings import settings_from_cli
 from .convert import fill_tensor, sampling_from_proto, tensor_from_proto, tensor_to_proto
 from .error_mapping import code_number, status_and_details
-from .grpc_runtime import GrpcServer
+from .grpc_runtime import SERVICE_RECEIVE_BYTES, GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 from .main_thread import MainThreadExecutor, SignalRelay
 from .metrics_http import MetricsPortError, serve_metrics
@@ -319,13 +319,26 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         return node_pb2.ReadOutputsResponse(hidden=tensor_to_proto(rows))
 
 
+# Hidden states travel as float32 at most (core.tensors).
+WIRE_BYTES_PER_VALUE = 4
+
+
+def node_receive_limit(settings: NodeSettings) -> int:
+    """The largest message this node accepts: the hidden rows of the largest
+    step its KV budget admits (a step cannot add more positions than the cache
+    holds), plus room for the ids, hashes and sampling beside them."""
+    n_embd = load_config(resolve_model_dir(settings.model_id)).n_embd
+    return settings.kv_max_tokens * n_embd * WIRE_BYTES_PER_VALUE + SERVICE_RECEIVE_BYTES
+
+
 async def start(settings: NodeSettings, executor: Executor | None = None) -> GrpcServer:
     """Bind and report NOT_SERVING at once, load the weights, then SERVING.
 
     `executor` runs the torch work, one call at a time: the process's main
     thread in `main` (shells.main_thread says why), else a worker thread of its own.
     """
-    server = GrpcServer(SERVICE_NAME, settings.host, settings.port, InternalSecurity.from_settings(settings))
+    security = InternalSecurity.from_settings(settings)
+    server = GrpcServer(SERVICE_NAME, settings.host, settings.port, security, node_receive_limit(settings))
     # Before the weights load: a loading node is visible (up, no splitgpt_node_info yet).
     metrics = NodeMetrics(settings)
     metrics.is_draining = lambda: server.draining
