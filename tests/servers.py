@@ -36,18 +36,30 @@ def running(stack: Stack):
         assert code == 0, stack.log_path.read_text()[-3000:]
 
 
+# The gateway's ACL user, as compose and Kubernetes define it: its own keys, get and set.
+REDIS_CACHE_USER = "splitgpt"
+REDIS_CACHE_RULES = ["~splitgpt:*", "resetchannels", "-@all", "+@connection", "+get", "+set"]
+
+
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """`password`: the default user off, and only REDIS_CACHE_USER with this password."""
         self.port = free_port_base(1)
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        # The test itself inspects the store as an admin user with the same password.
+        acl = (
+            ["--user", "default", "off", "--user", REDIS_CACHE_USER, "on", ">" + password, *REDIS_CACHE_RULES,
+             "--user", "admin", "on", ">" + password, "~*", "&*", "+@all"]
+            if password else []
+        )  # fmt: skip
         self.process = subprocess.Popen(
-            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *acl],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         import redis
 
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, username="admin" if password else None, password=password)
         while True:
             try:
                 client.ping()

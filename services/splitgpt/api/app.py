@@ -15,6 +15,7 @@ from .auth import install_api_keys
 from .backends import Backends
 from .body_limit import BodyLimit
 from .cache import make_cache
+from .cache_security import redis_password, result_cache_secret
 from .cors import Cors
 from .deps import BackendsDep, Generation, JsonBody, RequestId
 from .deps import request_id as _request_id
@@ -49,7 +50,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         backends = Backends(settings)
-        cache = make_cache(settings.redis_url, settings.cache_max_entries, settings.cache_ttl_s)
+        cache = make_cache(
+            settings.redis_url,
+            settings.cache_max_entries,
+            settings.cache_ttl_s,
+            result_cache_secret(settings),
+            settings.redis_username,
+            redis_password(settings),
+        )
         app.state.backends = backends
         app.state.generation = GenerationService(backends, cache, metrics)
         yield

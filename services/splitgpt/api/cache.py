@@ -1,12 +1,15 @@
 """Cache of deterministic results: Redis when REDIS_URL is set, else in-process LRU.
 
 Failing open: a cache that errors is logged and skipped, never the request.
+Entries are sealed (api.cache_security): one that fails its check is a miss.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+
+from .cache_security import ForgeryLog, seal, unseal
 
 log = logging.getLogger("splitgpt.api.cache")
 
@@ -33,15 +36,19 @@ class MemoryCache:
 
 
 class RedisCache:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, username: str | None = None, password: str | None = None) -> None:
+        """`url`: redis:// or rediss:// (TLS; `?ssl_ca_certs=PATH` names the CA). The
+        credentials come apart from the URL, so that the URL can sit in plain config."""
         import redis.asyncio as redis
 
         self.url = url
-        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._redis = redis.Redis.from_url(
+            url, username=username, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
 
     async def get(self, key: str) -> str | None:
         value = await self._redis.get(key)
-        return value.decode() if value is not None else None
+        return value.decode("utf-8", "replace") if value is not None else None
 
     async def set(self, key: str, value: str, ttl_s: int) -> None:
         await self._redis.set(key, value, ex=ttl_s)
@@ -51,22 +58,30 @@ class RedisCache:
 
 
 class ResultCache:
-    def __init__(self, backend: MemoryCache | RedisCache, ttl_s: int) -> None:
+    def __init__(self, backend: MemoryCache | RedisCache, ttl_s: int, secret: bytes) -> None:
         self.backend = backend
         self.ttl_s = ttl_s
+        self.secret = secret
         self.errors = 0
+        self.forgeries = ForgeryLog()
 
     async def get(self, key: str) -> str | None:
         try:
-            return await self.backend.get(key)
+            stored = await self.backend.get(key)
         except Exception as exc:  # fail open
             self.errors += 1
             log.warning("cache get failed: %s", exc)
             return None
+        if stored is None:
+            return None
+        payload = unseal(self.secret, key, stored)
+        if payload is None:
+            self.forgeries.record(key)
+        return payload
 
     async def set(self, key: str, value: str) -> None:
         try:
-            await self.backend.set(key, value, self.ttl_s)
+            await self.backend.set(key, seal(self.secret, key, value), self.ttl_s)
         except Exception as exc:  # fail open
             self.errors += 1
             log.warning("cache set failed: %s", exc)
@@ -75,6 +90,13 @@ class ResultCache:
         await self.backend.close()
 
 
-def make_cache(redis_url: str | None, max_entries: int, ttl_s: int) -> ResultCache:
-    backend = RedisCache(redis_url) if redis_url else MemoryCache(max_entries)
-    return ResultCache(backend, ttl_s)
+def make_cache(
+    redis_url: str | None,
+    max_entries: int,
+    ttl_s: int,
+    secret: bytes,
+    username: str | None = None,
+    password: str | None = None,
+) -> ResultCache:
+    backend = RedisCache(redis_url, username, password) if redis_url else MemoryCache(max_entries)
+    return ResultCache(backend, ttl_s, secret)

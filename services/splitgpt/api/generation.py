@@ -17,6 +17,7 @@ from ..core.generation_types import FinishEvent, GenerationRequest, SamplingSpec
 from ..core.stop_strings import StopMatcher
 from . import cached_result, context_limits
 from .cache import ResultCache
+from .cache_security import cache_scope
 from .cached_result import TextDelta
 from .errors import ApiError
 from .metrics import ApiMetrics
@@ -106,14 +107,15 @@ class GenerationService:
         context_limits.check_prompt_tokens(len(prompt_ids), body.max_tokens, model)
         key = None
         if body.deterministic and body.cache and logprobs is None:
+            scope = cache_scope(body.cache_salt)
             if given_ids is None:
-                key = result_key(model.model_id, body.text, body.sampling_key())
+                key = result_key(model.model_id, body.text, body.sampling_key(), scope)
             else:  # "" is no text prompt (they are never empty): ids never share a text's key
-                key = result_key(model.model_id, "", {**body.sampling_key(), "prompt_ids": prompt_ids})
+                key = result_key(model.model_id, "", {**body.sampling_key(), "prompt_ids": prompt_ids}, scope)
         return _Run(body, request_id, model, prompt_ids, started, tokenize_ms, key, logprobs)
 
     async def _lookup(self, run: _Run) -> cached_result.CachedResult | None:
-        errors = self.cache.errors
+        errors, forged = self.cache.errors, self.cache.forgeries.count
         t0 = time.perf_counter()
         stored = await self.cache.get(run.cache_key)
         self.metrics.cache_duration.labels("get").observe(time.perf_counter() - t0)
@@ -126,7 +128,13 @@ class GenerationService:
         hit = None
         if stored is not None:
             hit = cached_result.decode(stored, request_id=run.request_id, metadata=run.body.metadata, timings=timings)
-        self.metrics.cache.labels("error" if self.cache.errors > errors else ("hit" if hit else "miss")).inc()
+        if self.cache.errors > errors:
+            result = "error"
+        elif self.cache.forgeries.count > forged:
+            result = "forged"
+        else:
+            result = "hit" if hit else "miss"
+        self.metrics.cache.labels(result).inc()
         return hit
 
     async def _generate(self, run: _Run) -> AsyncIterator[TextDelta | Done]:

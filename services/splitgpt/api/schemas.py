@@ -41,6 +41,13 @@ class ProcessRequest(BaseModel):
     )
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-text token.")
     cache: bool = Field(True, description="false: skip the result cache for this request (neither looked up nor stored).")
+    cache_salt: UnicodeText | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Share cached results with requests of any key that pass the same salt; "
+        "without one, a key is served only its own cached results.",
+    )
 
     @field_validator("stop")
     @classmethod
@@ -53,7 +60,7 @@ class ProcessRequest(BaseModel):
 
     def sampling_key(self) -> dict:
         """Every field that can change the generated text (the cache key's parameters)."""
-        return self.model_dump(exclude={"text", "metadata", "cache"})
+        return self.model_dump(exclude={"text", "metadata", "cache", "cache_salt"})
 
 
 class Usage(BaseModel):

@@ -18,6 +18,15 @@ class ApiSettings(InternalSecuritySettings):  # + the internal token and TLS of 
     shutdown_grace_s: float = 3.0
     rpc_timeout_s: float = 10.0
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    # Redis credentials apart from the URL (an ACL user; compose and Kubernetes give
+    # the password as a file). rediss:// in REDIS_URL is TLS.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: str | None = None
+    # The HMAC key that seals cache entries (api.cache_security); unset: derived from
+    # the internal token, else random per process.
+    cache_secret: SecretStr | None = None
+    cache_secret_file: str | None = None
     cache_ttl_s: int = 3600
     cache_max_entries: int = 1024
     # Request bodies over this many bytes get 413 before any work. A prompt the

@@ -55,6 +55,10 @@ class _SamplingFields(BaseModel):
     top_k: int | None = Field(None, ge=-1, le=UINT32_MAX, description="vLLM extra: 0 or -1 (or null) is off.")
     min_tokens: int = Field(0, ge=0, le=UINT32_MAX, description="vLLM extra: no end-of-text before this many tokens.")
     ignore_eos: bool = Field(False, description="vLLM extra: keep generating past the end-of-text token.")
+    cache_salt: UnicodeText | None = Field(
+        None, min_length=1, max_length=256,
+        description="vLLM extra: share cached results with any key passing the same salt (default: this key's own only).",
+    )  # fmt: skip
 
     @field_validator("stop")
     @classmethod

@@ -181,6 +181,7 @@ class OpenAIServing:
                     seed=choice_seed(request.seed, j),
                     stop=request.stop,
                     ignore_eos=request.ignore_eos,
+                    cache_salt=request.cache_salt,
                 )
                 choices.append(Choice(i * n + j, prompt, body))
         return choices
