@@ -92,12 +92,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/home/splitgpt/.cache/huggingface
 
-# A non-root user. /models and HF_HOME are created here, owned by it, so the
-# named volumes mounted over them start out writable by it.
+# A non-root user. /models, HF_HOME and the Redis credentials' folder (compose's
+# redis-secret volume) are created here, owned by it, so the named volumes mounted
+# over them start out writable by it.
 RUN groupadd --system --gid 10001 splitgpt \
     && useradd --system --no-log-init --uid 10001 --gid splitgpt --create-home --home-dir /home/splitgpt splitgpt \
-    && mkdir -p /models "$HF_HOME" \
-    && chown -R splitgpt:splitgpt /models /home/splitgpt
+    && mkdir -p /models "$HF_HOME" /etc/splitgpt/redis \
+    && chown -R splitgpt:splitgpt /models /home/splitgpt /etc/splitgpt/redis
 
 # The dependencies (a layer that changes with pyproject.toml only), then the project.
 COPY --from=builder /opt/venv /opt/venv

@@ -19,7 +19,7 @@ DTYPE ?= float32
 UP_FLAGS ?=
 TINY_MODEL := models/tiny-gpt2
 
-.PHONY: install stubs up test test-fast lint bench bench-failover tiny-model up-tiny clean
+.PHONY: install stubs up test test-fast lint bench bench-failover soak tiny-model up-tiny clean
 
 install: $(INSTALLED)
 
@@ -76,6 +76,11 @@ bench: stubs
 	HF_HUB_OFFLINE=1 $(BIN)/splitgpt bench $(BENCH_FLAGS)
 
 # What a failover costs one request: the serving middle replica killed mid-generation.
+# The soak and overload tests at length: SOAK_BLOCKS thousands of mixed requests (make test runs 3).
+SOAK_BLOCKS ?= 20
+soak: stubs
+	HF_HUB_OFFLINE=1 SPLITGPT_SOAK_BLOCKS=$(SOAK_BLOCKS) $(BIN)/python -m pytest -s tests/test_soak.py
+
 bench-failover: stubs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m splitgpt.bench.failover $(BENCH_FLAGS)
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from splitgpt.bench.local_stack import Stack, free_port_base, wait_until_ready
+from splitgpt.shells.redis_secret import CACHE_RULES, CACHE_USER
 
 
 def require(binary: str, package: str = "redis-server") -> str:
@@ -37,8 +38,8 @@ def running(stack: Stack):
 
 
 # The gateway's ACL user, as compose and Kubernetes define it: its own keys, get and set.
-REDIS_CACHE_USER = "splitgpt"
-REDIS_CACHE_RULES = ["~splitgpt:*", "resetchannels", "-@all", "+@connection", "+get", "+set"]
+REDIS_CACHE_USER = CACHE_USER
+REDIS_CACHE_RULES = list(CACHE_RULES)
 
 
 class RedisServer:

@@ -201,6 +201,24 @@ def test_node_memory_splits_by_each_nodes_room_and_a_dry_run_prints_the_split(ti
     assert "partition 0 blocks [0, 3) needs" in r.stdout and not (tmp_path / "cluster.json").exists()
 
 
+def test_one_micro_batch_when_a_nodes_weights_overflow_the_cache_else_one_per_core(tiny_checkpoint, tmp_path):
+    from splitgpt.core.pipelining import shared_host_micro_batches
+    from splitgpt.launcher import last_level_cache_bytes
+
+    xl_node = 1_600_000_000  # a quarter of gpt2-xl in float32
+    assert shared_host_micro_batches(4, 2, xl_node, 32 * 2**20) == 1
+    assert shared_host_micro_batches(4, 2, 20 * 2**20, 32 * 2**20) == 2
+    assert shared_host_micro_batches(3, 16, 20 * 2**20, 32 * 2**20) == 3  # at most one per partition
+    assert shared_host_micro_batches(4, 2, 20 * 2**20, None) == 2  # cache unknown: 64 MiB assumed
+    # `splitgpt up` says what it chose and why; --micro-batches overrides it
+    r = up_dry_run(tiny_checkpoint, tmp_path)
+    assert r.returncode == 0, r.stderr
+    largest = 2 * 50257 * 64 * 4  # the last node: about 26 MB, the embedding and the packed head (blocks: 0.2 MB)
+    expected = shared_host_micro_batches(2, os.cpu_count() or 1, largest, last_level_cache_bytes())
+    assert f"splitgpt up: {expected} micro-batch(es) in flight" in r.stdout, r.stdout
+    assert "micro-batch(es)" not in up_dry_run(tiny_checkpoint, tmp_path, "--micro-batches", "3").stdout
+
+
 def test_node_memory_that_cannot_hold_the_model_is_refused_before_anything_starts(tiny_checkpoint, tmp_path):
     r = up_dry_run(tiny_checkpoint, tmp_path, "--node-memory", "1G,520M")
     assert r.returncode == 2

@@ -18,6 +18,7 @@ commands:
   api          serve the HTTP API gateway
   ui           serve the web UI (frontend/) with a same-origin proxy to the API
   tiny-model   write a small random GPT-2 checkpoint for offline use
+  redis-secret write the result cache's Redis password and ACL file (compose, Kubernetes)
   bench        the stack against one Hugging Face process (ratios measured in one run)
   probe        grpc.health.v1 check of a service (exit 0 when SERVING), for container health checks
 """
@@ -133,6 +134,8 @@ def _run(command: str, rest: list[str]) -> None:
         run = tiny_model
     elif command == "probe":
         run = probe
+    elif command == "redis-secret":
+        from .shells.redis_secret import main as run
     elif command == "bench":
         from .bench.main import main as run
     else:

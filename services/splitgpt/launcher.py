@@ -25,6 +25,7 @@ import httpx
 from .core.cluster_config import ClusterConfig, NodeEntry
 from .core.memory_plan import Geometry, memory_split, parse_budgets
 from .core.partitioning import PartitionError, parse_split, resolve_split
+from .core.pipelining import overflows_cache, shared_host_micro_batches
 from .monitoring.local_prometheus import REPO_ALERTS, find_prometheus, prometheus_argv, write_local_config
 from .ports import can_listen, listener_of
 from .supervisor import Child, RestartPolicy, Supervisor
@@ -84,7 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="per node, at most; 0: every core, divided among the micro-batches in flight at each step",
     )
     p.add_argument(
-        "--micro-batches", type=int, default=0, help="in flight at once (pipeline parallelism); 0: min(partitions, cores)"
+        "--micro-batches",
+        type=int,
+        default=0,
+        help="in flight at once (pipeline parallelism); 0: 1 when a node's weights overflow the CPU's last-level "
+        "cache (each step streams them from memory), else min(partitions, cores)",
     )
     p.add_argument(
         "--dtype",
@@ -215,10 +220,10 @@ def plan(
     config = ClusterConfig(model=str(model_dir), num_partitions=args.partitions, split=parse_split(args.split), nodes=nodes)
     config_path = (args.run_dir / "cluster.json").resolve()
 
-    # All nodes share this host's cores: as many micro-batches in flight as
-    # there are cores (each busy node gets one), unless told otherwise; at each
-    # step a node takes the cores divided by the micro-batches then in flight,
-    # so a lone stream computes on all of them.
+    # All nodes share this host's cores: `run` chose the micro-batches in flight
+    # (choose_micro_batches; one per core when this is reached without it); at
+    # each step a node takes the cores divided by the micro-batches then in
+    # flight, so a lone stream computes on all of them.
     cores = os.cpu_count() or 1
     micro_batches = args.micro_batches or max(1, min(args.partitions, cores))
     threads = args.torch_threads or cores
@@ -308,11 +313,17 @@ def start_monitoring(args: argparse.Namespace) -> str | None:
     from .api.settings import ApiSettings
 
     # With API keys set the API's /metrics needs one too: Prometheus presents the first
-    # configured (SPLITGPT_API_KEYS, then SPLITGPT_API_KEYS_FILE), read as the API reads them.
+    # plain key configured (SPLITGPT_API_KEYS, then SPLITGPT_API_KEYS_FILE), read as the API
+    # reads them. Never an admin key: one that sees and cancels every key's requests does not
+    # belong in a scrape config.
     try:
-        keys = [key.removeprefix(ADMIN_PREFIX).strip() for key in configured_keys(ApiSettings())]
+        configured = configured_keys(ApiSettings())
     except (ValueError, OSError):
-        keys = []  # the API refuses these settings itself when it starts, and says why
+        configured = []  # the API refuses these settings itself when it starts, and says why
+    keys = [key.strip() for key in configured if not key.startswith(ADMIN_PREFIX)]
+    if configured and not keys:
+        say("--monitoring: only admin keys are set, and Prometheus gets none of them: its scrapes of the API's "
+            "/metrics answer 401 until a plain key is added (SPLITGPT_API_KEYS_FILE)")  # fmt: skip
     directory = (args.run_dir / "prometheus").resolve()
     write_local_config(
         directory, metrics_targets(args), scrape_interval_s=5.0, rules_files=rules, api_key=keys[0] if keys else None
@@ -378,6 +389,8 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     blocks = f"{config.n_layer} blocks in {args.partitions} partitions: {ranges}"
     print(f"splitgpt up: {args.model}, {blocks}, {args.dtype}", flush=True)
+    if not args.micro_batches:
+        args.micro_batches = choose_micro_batches(args, config, ranges)
     if args.dry_run:
         print("SPLITGPT_NODE_SPLIT=" + ",".join(f"{a}-{b}" for a, b in ranges), flush=True)
         return 0
@@ -441,6 +454,39 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     sys.exit(asyncio.run(run(parse_args(argv))))
+
+
+def last_level_cache_bytes() -> int | None:
+    """The size of the largest cache sysfs lists for cpu0 (its L3 on x86), or None."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=None)
+
+
+def choose_micro_batches(args: argparse.Namespace, config, ranges) -> int:
+    """--micro-batches 0: the nodes share this host's cores (core.pipelining)."""
+    geometry = Geometry(
+        config.n_layer, config.n_embd, config.n_positions, config.vocab_size,
+        dtype_bytes=2 if args.dtype in ("bfloat16", "float16") else 4,
+    )  # fmt: skip
+    largest = max(
+        (b - a) * geometry.block_bytes + (geometry.head_bytes if i == len(ranges) - 1 else 0) for i, (a, b) in enumerate(ranges)
+    )
+    cache = last_level_cache_bytes()
+    chosen = shared_host_micro_batches(args.partitions, os.cpu_count() or 1, largest, cache)
+    cache_text = f"{cache / 2**20:.0f} MiB" if cache else "unknown"
+    why = "streamed from memory at every step" if overflows_cache(largest, cache) else "within the CPU's cache"
+    print(f"splitgpt up: {chosen} micro-batch(es) in flight: the largest node's weights ({largest / 2**20:.0f} MiB) are "
+          f"{why} (last-level cache {cache_text}); --micro-batches sets it", flush=True)  # fmt: skip
+    return chosen
 
 
 def memory_plan_split(args: argparse.Namespace, config) -> str:

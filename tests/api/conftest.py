@@ -38,7 +38,7 @@ def gateway(stack):
         internal_token=stack.internal_token,
     )
     # raise_server_exceptions=False: a bug must show as the 500 a client would get, not as a test error.
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False, base_url="http://localhost") as client:
         yield client
 
 

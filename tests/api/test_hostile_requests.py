@@ -126,7 +126,7 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_even_sent(stack):
     host, port = stack.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
-            b"POST /api/model/process HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"POST /api/model/process HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             b"content-length: 20000000\r\n\r\n" + b'{"text": "' + b"a" * 65536
         )
         # 20 MB declared, 64 KB sent: the answer comes now, not after the body.
@@ -218,6 +218,18 @@ def test_a_prompt_longer_than_the_context_on_its_own_names_text_and_by_how_much(
     assert "by at least 73 tokens" in error["message"] and "at most 0" not in error["message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("long", [" ".join(["word"] * 200), "a" * 9000])  # too many tokens; too many characters
+def test_on_v1_a_prompt_over_the_context_names_the_v1_field_not_text(api, model, long, stream):
+    completion = api.post("/v1/completions", json={"model": model, "prompt": long, "max_tokens": 1, "stream": stream})
+    chat = api.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": long}],
+                                                  "max_tokens": 1, "stream": stream})  # fmt: skip
+    for r, field in ((completion, "prompt"), (chat, "messages")):
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["type"], error["param"]) == ("context_length_exceeded", "invalid_request_error", field)
+
+
 def test_a_prompt_too_long_for_any_tokenization_is_refused_by_its_length(api):
     r = api.post("/api/model/process", json={"text": "a" * 9000, "max_tokens": 1})
     assert r.status_code == 400, r.text
@@ -289,3 +301,22 @@ def test_an_integer_wider_than_the_wire_is_a_422_not_an_overflow(api, field):
     r = post_raw(api, "/api/model/process", f'{{"text": "hi", "max_tokens": 2, "{field}": {10**400}}}')
     assert r.status_code == 422, r.text
     assert error_of(r)["param"] == field
+
+
+@pytest.mark.parametrize("path", [*PATHS, "/v1/completions"])
+@pytest.mark.parametrize("given", ["a/b", "../x", "id with space", "%2F", "é", "x" * 129])
+def test_a_request_id_that_a_path_could_not_name_is_400_before_any_work(api, model, path, given):
+    before = generated_tokens(api)
+    body = {"model": model, "prompt": "hi", "max_tokens": 2} if path.startswith("/v1") else {"text": "hi", "max_tokens": 2}
+    r = api.post(path, json=body, headers={"X-Request-ID": given.encode("utf-8")})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "X-Request-ID" and "1-128 characters" in error["message"]
+    assert generated_tokens(api) == before
+
+
+def test_a_request_id_of_the_safe_characters_is_kept_and_cancels_by_that_id(api):
+    given = "Job-7_a.b:c~d+e=f@g"
+    r = api.post("/api/model/process", json={"text": "hi", "max_tokens": 2}, headers={"X-Request-ID": given})
+    assert r.status_code == 200 and r.json()["request_id"] == given
+    assert api.delete(f"/api/tasks/{given}").status_code == 404  # finished: a clean 404, the route took the id

@@ -150,7 +150,7 @@ def test_a_key_sees_and_cancels_only_its_own_requests_an_admin_all():
 def client(**settings) -> TestClient:
     # Nothing listens on port 1: a route that passes the checks answers 503.
     app = create_app(ApiSettings(tokenizer_address="127.0.0.1:1", coordinator_address="127.0.0.1:1", rpc_timeout_s=2, **settings))
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost")
 
 
 def test_without_a_key_protected_routes_answer_401_in_their_shape():
@@ -268,3 +268,17 @@ def test_the_fan_out_caps_are_checked_before_the_backends_and_configurable():
         r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 4})
         assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
         assert c.post("/v1/completions", json={"model": "m", "prompt": [[1, 2], [3]], "n": 1}).status_code == 503
+
+
+def test_the_coordinator_learns_whose_request_it_is_by_fingerprint_only():
+    from splitgpt.api import wire
+    from splitgpt.core.generation_types import GenerationRequest
+
+    assert ownership.tenant() == ""  # no keys: one anonymous tenant, never capped
+    token = ownership.set_caller(Caller(owner=fingerprint("key-a-5f1e0c9d8b7a6f5e4d3c"), admin=False))
+    try:
+        assert ownership.tenant() == fingerprint("key-a-5f1e0c9d8b7a6f5e4d3c")
+        message = wire.generate_request(GenerationRequest("r", [1, 2], 4, tenant=ownership.tenant()))
+        assert message.tenant == fingerprint("key-a-5f1e0c9d8b7a6f5e4d3c") and "key-a" not in str(message)
+    finally:
+        ownership.reset_caller(token)

@@ -50,6 +50,13 @@ def test_streamed_chat_equals_the_whole_one(client, model):
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
+def test_chat_without_max_tokens_generates_to_the_end_of_the_context(client, model):
+    out = client.chat.completions.create(model=model, messages=MESSAGES, temperature=0, extra_body={"ignore_eos": True})
+    context = client.models.retrieve(model).model_extra["splitgpt"]["n_ctx"]
+    assert out.usage.total_tokens == context and out.choices[0].finish_reason == "length"
+    assert out.usage.completion_tokens > 16  # completions' default, which chat no longer takes
+
+
 def test_chat_errors(client, model):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=MESSAGES, max_tokens=2)

@@ -337,6 +337,41 @@ async def test_cancel_and_overload(cluster):
     await engine.close()
 
 
+async def test_one_key_holds_at_most_its_share_of_the_queue_and_another_key_still_gets_in(cluster):
+    engine = make_engine(cluster, max_batch_size=2, max_queue=2, max_tenant_share=0.5, micro_batches=1)
+    hog = [asyncio.ensure_future(collect(engine, GenerationRequest(f"a{i}", PROMPTS[0], 20, ignore_eos=True, tenant="A")))
+           for i in range(2)]  # fmt: skip
+    await until(lambda: len(engine.tasks()) == 2)
+    with pytest.raises(GenerationError) as err:
+        await anext(engine.generate(GenerationRequest("a2", PROMPTS[0], 5, tenant="A")))
+    assert err.value.kind == "overloaded" and "share" in str(err.value)
+    tokens, finish = await collect(engine, GenerationRequest("b0", PROMPTS[1], 5, ignore_eos=True, tenant="B"))
+    assert finish.finish_reason == "length" and len(tokens) == 5
+    # without keys (no tenant) nothing is capped but the queue itself
+    anonymous = [asyncio.ensure_future(collect(engine, GenerationRequest(f"n{i}", PROMPTS[0], 5, ignore_eos=True)))
+                 for i in range(2)]  # fmt: skip
+    for done in await asyncio.gather(*hog, *anonymous):
+        assert done[1].finish_reason == "length"
+    await engine.close()
+
+
+async def test_a_free_batch_slot_goes_round_robin_between_keys_not_first_come(cluster):
+    """One slot, key A queues three requests, then key B one: B runs second, not fourth."""
+    engine = make_engine(cluster, max_batch_size=1, max_queue=8, max_tenant_share=1.0, micro_batches=1)
+    order: list[str] = []
+
+    async def run(request_id: str, tenant: str, max_tokens: int) -> None:
+        await collect(engine, GenerationRequest(request_id, PROMPTS[0], max_tokens, ignore_eos=True, tenant=tenant))
+        order.append(request_id)
+
+    tasks = [asyncio.ensure_future(run(f"a{i}", "A", 60)) for i in range(3)]
+    await until(lambda: len(engine.tasks()) == 3)
+    tasks.append(asyncio.ensure_future(run("b0", "B", 4)))
+    await asyncio.gather(*tasks)
+    assert order == ["a0", "b0", "a1", "a2"]
+    await engine.close()
+
+
 async def test_steps_tell_nodes_how_many_micro_batches_are_in_flight(cluster):
     """A lone stream's steps say 1 (its node may take every core); with two
     lanes busy the steps say 2 (nodes sharing a host take half each)."""

@@ -174,3 +174,25 @@ def test_kept_blocks_outlive_their_session_and_what_it_overwrites():
     b = step(s, "b", 32, 1, reuse={"b": hashes})
     keys, _ = b.append(0, torch.zeros(2, 2, 0, 4))
     assert torch.all(keys[:, :32] == 1.0)
+
+
+def test_a_few_kept_blocks_of_an_ended_long_session_do_not_pin_its_whole_buffer():
+    """A request that reused a shared prefix keeps one block of its own (the prompt's last), in a
+    buffer sized for the whole prompt and its generation: once the session ends the block has
+    its own 16 positions, not a view of that 256-position buffer. Blocks that are most of a
+    buffer stay views (a copy of them would cost the release its time)."""
+    s = kept()
+    a = step(s, "a", 0, 200, value=1.0)
+    s.keep_prefix(a, [b"\x01" * 16])  # only its first block is named (as if the rest were shared)
+    (block,) = s._prefix.values()
+    assert block.kv[0].untyped_storage().nbytes() >= 256 * 2 * 2 * 4 * 4  # still the session's buffer
+    s.drop(["a"])
+    assert block.kv[0].untyped_storage().nbytes() == 16 * 2 * 2 * 4 * 4  # its own positions only
+    b = step(s, "b", 16, 1, reuse={"b": [b"\x01" * 16]})
+    keys, _ = b.append(0, torch.zeros(2, 2, 0, 4))
+    assert torch.all(keys[:, :16] == 1.0)
+
+    c = step(s, "c", 0, 64, value=3.0)  # four whole blocks, kept: all of its 64-position buffer
+    s.keep_prefix(c, [bytes([i + 10]) * 16 for i in range(4)])
+    s.drop(["c"])
+    assert s._prefix[bytes([10]) * 16].kv[0].untyped_storage().nbytes() == 64 * 2 * 2 * 4 * 4  # views, no copy

@@ -16,7 +16,8 @@ One test, in phases (each timed; the times are printed and written to run/compos
 5. up: `docker compose up -d --wait` of both files with a second replica of partition 1 and
    Grafana left out (`--pull never --scale grafana=0`: its image is the one pulled, and no
    registry answers; without --pull never, compose pulls it even for no container).
-6. request: POST /api/model/process through the published API port: 200 and tokens.
+6. request: POST /api/model/process through the published API port: 200 and tokens; the same
+   request again is a cache hit (Redis behind model-init's password), and Redis refuses a client without it.
 7. prometheus: compose's Prometheus scrapes every job (api, tokenizer, coordinator, every
    node replica), all up.
 8. failover: `docker kill` one of partition 1's two replicas; requests still succeed.
@@ -430,6 +431,13 @@ def run_stack(client, host: str, docker_config: Path, timings: Timings) -> None:
             assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:500]
             health = ui.get("/api/health")
             assert health.status_code == 200, health.text
+            # the result cache: the gateway's ACL user with model-init's password; nobody else
+            cached = [api.post("/api/model/process", json={"text": "Cached in Redis", "max_tokens": 4}).json()
+                      for _ in range(2)]  # fmt: skip
+            assert [c.get("cached") for c in cached] == [False, True], cached
+            (redis_container,) = [c for c in running if c.labels["com.docker.compose.service"] == "redis"]
+            anonymous = redis_container.exec_run(["redis-cli", "get", "anything"]).output.decode()
+            assert "NOAUTH" in anonymous, anonymous
 
         with timings.phase("prometheus"):
             prometheus = httpx.Client(base_url=f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}", timeout=30)

@@ -437,6 +437,30 @@ def test_compose_cluster_config_matches_the_nodes(monkeypatch):
     assert api["REDIS_URL"].startswith("redis://redis:6379/")
 
 
+def test_compose_redis_takes_the_gateway_user_only_with_the_password_model_init_writes():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    init, redis_service, api = services["model-init"], services["redis"], services["api"]
+
+    def mount_of(service, volume):
+        mounts = [m.split(":") for m in service.get("volumes", []) if m.split(":")[0] == volume]
+        assert len(mounts) == 1, f"{volume} mounted once in {service}"
+        return mounts[0]
+
+    folder = mount_of(init, "redis-secret")[1]
+    assert f"splitgpt redis-secret {folder}" in " ".join(argv_of(init["command"]))
+    assert mount_of(redis_service, "redis-secret") == ["redis-secret", folder, "ro"]
+    assert mount_of(api, "redis-secret") == ["redis-secret", folder, "ro"]
+    command = argv_of(redis_service["command"])
+    assert command[command.index("--aclfile") + 1] == f"{folder}/users.acl"
+    assert redis_service["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
+    env = compose_env(api)
+    assert env["SPLITGPT_API_REDIS_USERNAME"] == "splitgpt"
+    assert env["SPLITGPT_API_REDIS_PASSWORD_FILE"] == f"{folder}/password"
+    # the image makes the folder, owned by the services' user, so the new volume is writable by it
+    assert f"{folder}" in (ROOT / "Dockerfile").read_text()
+
+
 def compose_node_dtypes(monkeypatch, env: dict[str, str]) -> dict[str, str]:
     doc = interpolate(yaml.safe_load(COMPOSE.read_text()), env)
     nodes = {n: s for n, s in splitgpt_services(doc).items() if argv_of(s.get("command"))[:1] == ["node"]}

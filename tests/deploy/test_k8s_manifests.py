@@ -114,8 +114,12 @@ def pod_labels(workload: dict) -> dict[str, str]:
 
 
 def selects(selector: dict, labels: dict[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, f"only matchLabels selectors are checked here: {selector}"
-    return selector["matchLabels"].items() <= labels.items()
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, f"a selector not checked here: {selector}"
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", f"only In expressions are checked here: {expression}"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return selector.get("matchLabels", {}).items() <= labels.items()
 
 
 def plain_env(container: dict) -> dict[str, str]:
@@ -194,8 +198,35 @@ def test_everything_lives_in_the_splitgpt_namespace(base, monitoring):
             assert subject.get("namespace") == NAMESPACE, f"{where}: {subject}"
     assert {d["kind"] for d in monitoring} & CLUSTER_SCOPED == {"ClusterRole"}, "bound in the namespace only"
     # the Secret made by hand (not in the kustomization): `kubectl apply -f` puts it there too
-    (secret,) = [d for d in yaml.safe_load_all((K8S / "security" / "internal-secret.yaml").read_text()) if d]
-    assert secret["metadata"]["namespace"] == NAMESPACE
+    for name in ("internal-secret.yaml", "redis-secret.yaml"):
+        (secret,) = [d for d in yaml.safe_load_all((K8S / "security" / name).read_text()) if d]
+        assert secret["metadata"]["namespace"] == NAMESPACE
+
+
+def test_redis_loads_only_the_acl_file_and_the_gateway_only_the_password_of_one_secret(base):
+    from splitgpt.shells.redis_secret import ACL_FILE, CACHE_RULES, CACHE_USER, PASSWORD_FILE, acl_text
+
+    (secret,) = [d for d in yaml.safe_load_all((K8S / "security" / "redis-secret.yaml").read_text()) if d]
+    template = secret["stringData"][ACL_FILE].replace("REPLACE-with-the-hex-sha256-of-the-password", "0" * 64)
+    assert template.split() == acl_text("x").split()[:6] + ["#" + "0" * 64, *CACHE_RULES]
+
+    def secret_volume(deployment: str) -> tuple[dict, dict]:
+        pod = of_kind(base, "Deployment")[deployment]["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]]
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"]
+        return volume["secret"], {**{e["name"]: e.get("value") for e in container.get("env", [])},
+                                  "args": container["args"], "mount": mount["mountPath"]}  # fmt: skip
+
+    redis_volume, redis_pod = secret_volume("splitgpt-redis")
+    assert [i["key"] for i in redis_volume["items"]] == [ACL_FILE], "Redis never sees the password"
+    args = redis_pod["args"]
+    assert args[args.index("--aclfile") + 1] == f"{redis_pod['mount']}/{ACL_FILE}"
+    api_volume, api_pod = secret_volume("splitgpt-api")
+    assert [i["key"] for i in api_volume["items"]] == [PASSWORD_FILE]
+    assert api_pod["SPLITGPT_API_REDIS_USERNAME"] == CACHE_USER
+    assert api_pod["SPLITGPT_API_REDIS_PASSWORD_FILE"] == f"{api_pod['mount']}/{PASSWORD_FILE}"
 
 
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
@@ -464,3 +495,45 @@ def test_the_kubernetes_guide_names_files_that_exist():
         assert needed in text, needed
     for needed in ("port-forward", "rollout status", "scale statefulset", "splitgpt-prometheus-rules", "splitgpt-internal"):
         assert needed in text, needed
+
+
+def admitted(policies: list[dict], source: dict[str, str], destination: dict[str, str], port: str) -> bool:
+    """NetworkPolicy semantics for pods of one namespace: a pod that no policy selects takes
+    anything; one that some do takes what any of their ingress rules admits."""
+    applying = [p["spec"] for p in policies if selects(p["spec"]["podSelector"], destination)]
+    if not applying:
+        return True
+    for spec in applying:
+        for rule in spec.get("ingress", []):
+            ports = [entry["port"] for entry in rule.get("ports", [])]
+            peers = rule.get("from")
+            assert all(set(peer) == {"podSelector"} for peer in peers or []), "peers in this namespace only"
+            if (not ports or port in ports) and (not peers or any(selects(peer["podSelector"], source) for peer in peers)):
+                return True
+    return False
+
+
+def test_network_policies_admit_each_connection_the_stack_makes_and_no_other(base, monitoring):
+    policies = list(of_kind(base, "NetworkPolicy").values())
+    pods = {component(w): pod_labels(w) for w in workloads(base + monitoring)}
+    assert set(pods) == {"api", "frontend", "tokenizer", "coordinator", "node", "redis", "monitoring"}
+    sources = {**pods, "another pod": {"app": "anything"}}
+    ports = {
+        component(w): {p["name"] for c in pod_specs_of(w)[0]["containers"] for p in c.get("ports", [])}
+        for w in workloads(base + monitoring)
+    }  # fmt: skip
+    allowed = {
+        (source, destination, port)
+        for source, source_labels in sources.items()
+        for destination, labels in pods.items()
+        for port in ports[destination]
+        if admitted(policies, source_labels, labels, port)
+    }
+    anyone = {(s, d, "http") for s in sources for d in ("api", "frontend")}
+    expected = anyone | {
+        ("api", "redis", "redis"), ("api", "tokenizer", "grpc"), ("api", "coordinator", "grpc"),
+        ("coordinator", "node", "grpc"), ("node", "node", "grpc"),  # relay: each node calls the next
+        ("monitoring", "tokenizer", "metrics"), ("monitoring", "coordinator", "metrics"), ("monitoring", "node", "metrics"),
+    }  # fmt: skip
+    assert allowed == expected, f"admitted but not expected: {sorted(allowed - expected)}; " \
+        f"expected but refused: {sorted(expected - allowed)}"  # fmt: skip

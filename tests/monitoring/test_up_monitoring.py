@@ -59,8 +59,8 @@ def test_up_monitoring_scrapes_every_service_and_loads_the_alert_rules(tiny_chec
 
 
 def test_with_api_keys_prometheus_presents_one_as_the_api_reads_them(monkeypatch, tmp_path):
-    """The API's /metrics needs a key once keys are set: the first configured one, from the
-    keys file too, without its admin: prefix."""
+    """The API's /metrics needs a key once keys are set: the first plain one configured, from
+    the keys file too, never an admin key; the config is readable by its owner only."""
     keys_file = tmp_path / "keys"
     keys_file.write_text("# operators\nadmin:first-key-from-the-file-0123456789\nsecond-key-0123456789abcdef\n")
     monkeypatch.delenv("SPLITGPT_API_KEYS", raising=False)
@@ -70,4 +70,20 @@ def test_with_api_keys_prometheus_presents_one_as_the_api_reads_them(monkeypatch
     assert start_monitoring(args) == "http://127.0.0.1:9090"
     config = json.loads((tmp_path / "run" / "prometheus" / "prometheus.yml").read_text().split("\n", 1)[1])
     api_job = next(job for job in config["scrape_configs"] if job["job_name"] == "splitgpt-api")
-    assert api_job["authorization"] == {"type": "Bearer", "credentials": "first-key-from-the-file-0123456789"}
+    assert api_job["authorization"] == {"type": "Bearer", "credentials": "second-key-0123456789abcdef"}
+    assert (tmp_path / "run" / "prometheus" / "prometheus.yml").stat().st_mode & 0o777 == 0o600
+
+
+def test_prometheus_never_gets_an_admin_key(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SPLITGPT_API_KEYS", "admin:only-an-admin-key-0123456789")
+    monkeypatch.delenv("SPLITGPT_API_KEYS_FILE", raising=False)
+    monkeypatch.setattr("splitgpt.launcher.find_prometheus", lambda: "/usr/bin/prometheus")
+    (tmp_path / "run" / "prometheus").mkdir(parents=True)
+    (tmp_path / "run" / "prometheus" / "prometheus.yml").write_text("{}")
+    (tmp_path / "run" / "prometheus" / "prometheus.yml").chmod(0o644)  # an older, wider file
+    args = parse_args(["--monitoring", "--no-ui", "--run-dir", str(tmp_path / "run")])
+    assert start_monitoring(args)
+    text = (tmp_path / "run" / "prometheus" / "prometheus.yml").read_text()
+    assert "only-an-admin-key" not in text and "authorization" not in text
+    assert "only admin keys are set" in capsys.readouterr().err
+    assert (tmp_path / "run" / "prometheus" / "prometheus.yml").stat().st_mode & 0o777 == 0o600

@@ -226,6 +226,7 @@ def test_coordinator_metrics_count_requests_tokens_and_steps(stack):
     assert after.value("splitgpt_coordinator_replays_total") == 0
     assert after.labelsets("splitgpt_coordinator_requests_rejected_total") == [
         {"reason": "overloaded"},
+        {"reason": "tenant_share"},
         {"reason": "unavailable"},
     ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,15 +19,15 @@ from starlette.testclient import TestClient
 
 from splitgpt.bench.local_stack import free_port_base
 from splitgpt.ui.build import ensure_built, needs_build, needs_install
-from splitgpt.ui.server import create_app
+from splitgpt.ui.server import UVICORN_OPTIONS, create_app
 
 
 class Served:
     """An ASGI app under uvicorn on a free loopback port, in a thread."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **options) -> None:
         self.port = free_port_base(1)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -49,6 +50,7 @@ class FakeApi:
         self.go = threading.Event()
         self.client_left = threading.Event()
         self.seen_headers: dict[str, str] = {}
+        self.bodies: list[int] = []  # the sizes of the bodies /api/echo read whole
 
     def app(self) -> Starlette:
         async def stream(request):
@@ -72,9 +74,16 @@ class FakeApi:
                 {"error": {"type": "validation_error", "message": "top_p: bad", "param": "top_p"}}, status_code=422
             )
 
+        async def echo(request):
+            self.seen_headers = dict(request.headers)
+            size = len(await request.body())
+            self.bodies.append(size)
+            return JSONResponse({"bytes": size})
+
         return Starlette(
-            routes=[Route("/api/model/stream", stream, methods=["POST"]), Route("/api/model/process", refuse, methods=["POST"])]
-        )
+            routes=[Route("/api/model/stream", stream, methods=["POST"]), Route("/api/model/process", refuse, methods=["POST"]),
+                    Route("/api/echo", echo, methods=["POST", "GET"])]
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -178,3 +187,56 @@ def test_the_builder_names_a_node_too_old_for_vite(tmp_path, monkeypatch):
     result = ensure_built(frontend)
     assert result.dist is None
     assert result.problem == "the web UI needs Node.js 20.19+ (Vite 8) and found 18.19"
+
+
+def raw_status(url: str, request_line: str) -> int:
+    """The status of a request sent as written: HTTP clients fold `..` before sending."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"{request_line}\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return int(conn.recv(4096).split(b" ")[1])
+
+
+def test_the_proxy_streams_bodies_up_to_the_limit_and_refuses_larger_ones_with_413(dist):
+    fake = FakeApi()
+    with Served(fake.app()) as api_url, Served(create_app(api_url, dist, max_body_bytes=1000)) as ui_url:
+        with httpx.Client(base_url=ui_url, timeout=10) as client:
+            assert client.post("/api/echo", content=b"x" * 1000).json() == {"bytes": 1000}
+            declared = client.post("/api/echo", content=b"x" * 1001)  # Content-Length says so: refused unread
+            assert declared.status_code == 413 and declared.json()["error"]["type"] == "request_too_large"
+            chunked = client.post("/api/echo", content=iter([b"x" * 600, b"x" * 600]))  # no length: counted as it streams
+            assert chunked.status_code == 413 and "1000 bytes" in chunked.json()["error"]["message"]
+            assert fake.bodies == [1000], "the API never received an oversized body whole"
+            assert client.post("/api/echo", content=iter([b"x" * 400, b"x" * 400])).json() == {"bytes": 800}
+
+
+def test_the_proxy_says_who_the_client_is_and_drops_what_the_client_claims(dist):
+    fake = FakeApi()
+    with Served(fake.app()) as api_url, Served(create_app(api_url, dist), **UVICORN_OPTIONS) as ui_url:
+        claimed = {"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9", "X-Real-IP": "203.0.113.9",
+                   "X-Forwarded-Proto": "https"}  # fmt: skip
+        assert httpx.get(f"{ui_url}/api/echo", headers=claimed, timeout=10).status_code == 200
+        assert fake.seen_headers["x-forwarded-for"] == "127.0.0.1"
+        assert "203.0.113.9" not in str(fake.seen_headers) and "x-forwarded-proto" not in fake.seen_headers
+
+
+def test_the_proxy_refuses_dot_segments_instead_of_folding_them(dist):
+    fake = FakeApi()
+    with Served(fake.app()) as api_url, Served(create_app(api_url, dist)) as ui_url:
+        assert raw_status(ui_url, "GET /api/echo HTTP/1.1") == 200
+        for path in ("/api/../api/echo", "/api/%2e%2e/api/echo", "/v1/./models", "/api/x/.."):
+            assert raw_status(ui_url, f"GET {path} HTTP/1.1") == 400, path
+
+
+def test_the_ui_on_loopback_answers_only_local_names(dist):
+    from splitgpt.host_allow import allowed_hosts
+
+    fake = FakeApi()
+    local_only = allowed_hosts(None, "127.0.0.1", keys=False)
+    with Served(fake.app()) as api_url, Served(create_app(api_url, dist, allowed=local_only)) as ui_url:
+        rebound = httpx.get(f"{ui_url}/api/echo", headers={"Host": "attacker.example:5173"}, timeout=10)
+        assert rebound.status_code == 400 and rebound.json()["error"]["type"] == "invalid_host"
+        assert "SPLITGPT_UI_ALLOWED_HOSTS" in rebound.json()["error"]["message"]
+        assert fake.bodies == [], "nothing reached the API"
+        assert httpx.get(f"{ui_url}/", timeout=10).status_code == 200
+        assert httpx.get(f"{ui_url}/api/echo", headers={"Host": "localhost:5173"}, timeout=10).status_code == 200

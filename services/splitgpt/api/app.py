@@ -11,7 +11,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import install_api_keys
+from ..host_allow import HostAllowList, allowed_hosts
+from .auth import configured_keys, install_api_keys
 from .backends import Backends
 from .body_limit import BodyLimit
 from .cache import make_cache
@@ -87,6 +88,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(GenerationRequestMetrics, metrics=metrics)
     # Outermost: every error answer passes it, whichever layer answered.
     app.add_middleware(ErrorAnswers, metrics=metrics)
+    # Before anything else, a request to a name this gateway does not answer (DNS rebinding).
+    open_gateway = not configured_keys(settings)
+    app.add_middleware(
+        HostAllowList,
+        allowed=allowed_hosts(settings.allowed_hosts, settings.host, keys=not open_gateway),
+        setting="SPLITGPT_API_ALLOWED_HOSTS",
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
@@ -130,13 +138,14 @@ def _routes() -> APIRouter:
         dependencies=[JsonBody],
         responses={200: SSE_RESPONSE, **GENERATION_ERRORS},
     )
-    async def stream(body: ProcessRequest, generation: Generation, x_request_id: RequestId = None):
+    async def stream(body: ProcessRequest, generation: Generation, request: Request, x_request_id: RequestId = None):
         """The same as /api/model/process, as server-sent events: one `token` event per token, then one
         `done` with the whole response; a failure after the 200 status line arrives as an `error` event."""
         events = drain.cut_stream(generation.stream(body, _request_id(x_request_id)))
         # Pull the first event before answering, so a request the cluster
-        # refuses gets its 4xx/5xx status instead of a 200 stream.
-        first = await anext(events)
+        # refuses gets its 4xx/5xx status instead of a 200 stream; a client
+        # that leaves before it ends the generation at once.
+        first = await unless_disconnected(request, anext(events))
         return StreamingResponse(
             _sse(first, events, generation.metrics), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )

@@ -166,7 +166,7 @@ class Backends:
         """The coordinator's events for `request`; closing the iterator early
         cancels the call, and so frees the sequence's caches on every node."""
         # Run under the caller's namespace (api/ownership.py): what makes it theirs to list and cancel.
-        owned = dataclasses.replace(request, request_id=ownership.coordinator_id(request.request_id))
+        owned = dataclasses.replace(request, request_id=ownership.coordinator_id(request.request_id), tenant=ownership.tenant())
         call = self.coordinator.Generate(wire.generate_request(owned), timeout=self.settings.request_timeout_s)
         try:
             with rpc_errors("coordinator"):

@@ -34,7 +34,9 @@ class BodyLimit:
         if declared is not None and declared > self.max_bytes:
             error = too_large(self.max_bytes)
             # The unread body: the server closes the connection rather than read it.
-            body = openai_errors.openai_body(error) if openai_errors.is_openai_path(scope["path"]) else error.body()
+            body = (
+                openai_errors.openai_body(error, scope["path"]) if openai_errors.is_openai_path(scope["path"]) else error.body()
+            )
             await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
             return
         received = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.message
+import re
 import uuid
 from typing import Annotated
 
@@ -24,12 +25,31 @@ def _backends(request: Request) -> Backends:
 Generation = Annotated[GenerationService, Depends(_generation)]
 BackendsDep = Annotated[Backends, Depends(_backends)]
 RequestId = Annotated[
-    str | None, Header(alias="X-Request-ID", description="Sets the response's request_id (128 characters at most).")
+    str | None,
+    Header(
+        alias="X-Request-ID",
+        description="Sets the response's request_id: 1-128 letters, digits and `-_.:~+=@` (a path segment as it "
+        "is, so `DELETE /api/tasks/{request_id}` can always name it).",
+    ),
 ]
+
+# What a request id may hold: nothing a URL path would change (`/`, `%`, `?`, `#`, spaces),
+# so the id a client chose is the one it cancels with.
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:~+=@-]{1,128}")
 
 
 def request_id(given: str | None) -> str:
-    return given if given and len(given) <= 128 else uuid.uuid4().hex
+    if given is None or given == "":
+        return uuid.uuid4().hex
+    if not _SAFE_ID.fullmatch(given):
+        raise ApiError(
+            400,
+            "invalid_request_id",
+            f"X-Request-ID must be 1-128 characters, each a letter, a digit or one of - _ . : ~ + = @ "
+            f"(this one has {len(given)} characters)",
+            "X-Request-ID",
+        )
+    return given
 
 
 def require_json(request: Request) -> None:

@@ -1,4 +1,9 @@
-"""A whole (non-streaming) answer that a client can abandon."""
+"""Work a client can abandon: a whole (non-streaming) answer, or a stream's first event.
+
+A stream answers its status line only with its first event (so a refusal still gets its
+4xx), and the prefill before it can take seconds, or wait in the queue far longer: a
+client that leaves meanwhile ends the generation then, not when the first event comes.
+"""
 
 from __future__ import annotations
 
@@ -22,5 +27,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait([task], timeout=0.5)
         if not task.done() and await request.is_disconnected():
             task.cancel()
+            # Until the cancellation has run its course: the coordinator call is closed (which
+            # ends the generation on every node) before this request's slot is given back.
+            await asyncio.wait([task], timeout=5)
             raise ApiError(499, "client_closed_request", "the client closed the connection")
     return task.result()

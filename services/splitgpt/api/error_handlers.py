@@ -45,7 +45,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
 def _respond(error: ApiError, headers: dict[str, str] | None = None, request: Request | None = None) -> JSONResponse:
     headers = {**(headers or {}), **error.headers()}
     if request is not None and openai_errors.is_openai_path(request.url.path):  # OpenAI's shape on /v1
-        return JSONResponse(openai_errors.openai_body(error), status_code=openai_errors.openai_status(error), headers=headers)
+        return JSONResponse(
+            openai_errors.openai_body(error, request.url.path), status_code=openai_errors.openai_status(error), headers=headers
+        )
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 

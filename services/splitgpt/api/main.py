@@ -11,6 +11,8 @@ import uvicorn
 from ..logs import configure
 from ..shells.cli_settings import settings_from_cli
 from .app import create_app
+from .auth import configured_keys
+from .cache_security import CacheSecretError, redis_password, result_cache_secret
 from .settings import ApiSettings
 from .shutdown import DrainingServer
 
@@ -33,5 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     # gateway as "killed by SIGTERM". A stop that drained is a success.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
+    # Settings that cannot work stop the gateway with one line saying why, not a traceback
+    # from inside the app's startup.
+    try:
+        configured_keys(settings)
+        result_cache_secret(settings)
+        redis_password(settings)
+    except (CacheSecretError, ValueError, OSError) as exc:
+        print(f"splitgpt api: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     DrainingServer(config, settings.shutdown_grace_s).run()

@@ -55,6 +55,8 @@ class ApiMetrics:
         )  # fmt: skip
         for endpoint in GENERATION_ENDPOINTS:  # a zero from the start, not an absent series
             self.in_progress.labels(endpoint)
+        for result in ("hit", "miss", "error", "forged"):
+            self.cache.labels(result)
 
     def error(self, type_: str) -> None:
         """An error answered inside a stream (after its 200), which `ErrorAnswers` cannot see."""

@@ -40,6 +40,12 @@ def reset_caller(token) -> None:
     _caller.reset(token)
 
 
+def tenant() -> str:
+    """Whose share of the coordinator's queue a request takes: the key's fingerprint ("" without keys)."""
+    caller = current()
+    return "" if caller is None else caller.owner
+
+
 def coordinator_id(request_id: str) -> str:
     """The id the coordinator runs the caller's request `request_id` under."""
     caller = current()

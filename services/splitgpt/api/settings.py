@@ -34,6 +34,9 @@ class ApiSettings(InternalSecuritySettings):  # + the internal token and TLS of 
     # characters is 67,518 characters: under 400 KiB even as \uXXXX escapes.
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     cors_origins: list[str] = ["http://localhost:5173", "http://127.0.0.1:5173"]
+    # The Host names answered, comma-separated (`*`: any); unset: localhost names only when
+    # the gateway has no keys and listens on loopback (splitgpt.host_allow: DNS rebinding).
+    allowed_hosts: str | None = None
     log_level: str = "INFO"
     # The model's id on /v1 (OpenAI API); None: the id the coordinator reports. Its basename is also accepted.
     served_model_name: str | None = None

@@ -23,6 +23,7 @@ def generate_request(request: GenerationRequest) -> coordinator_pb2.GenerateRequ
         ),
         ignore_eos=request.ignore_eos,
         top_logprobs=s.top_logprobs,
+        tenant=request.tenant,
     )
 
 

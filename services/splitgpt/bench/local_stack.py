@@ -33,13 +33,22 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+# Ranges this process handed out: free when asked, but taken once their stack starts, so a
+# later call (a stack's metrics ports after its gRPC ports) must not pick them again.
+_handed_out: list[range] = []
+
+
 def free_port_base(span: int) -> int:
     """A base port with [base, base + span) free, below the ephemeral range
-    (where the kernel picks client ports, a free port can be taken at any moment)."""
+    (where the kernel picks client ports, a free port can be taken at any moment),
+    and overlapping no range this process handed out before."""
     top = min(_ephemeral_low(), 40000) - span
     for _ in range(200):
         base = random.randrange(10000, top)
+        if any(base < r.stop and r.start < base + span for r in _handed_out):
+            continue
         if all(port_is_free(base + i) for i in range(span)):
+            _handed_out.append(range(base, base + span))
             return base
     raise RuntimeError("no free port range on 127.0.0.1")
 

@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -81,6 +82,10 @@ class _Sequence:
     prompt_hashes: tuple[bytes, ...] | None = None  # prefix reuse: its prompt's block hashes, once computed
     reuse_blocks: int = 0  # the next step starts its caches from this many kept blocks
     no_reuse: bool = False  # a node no longer kept blocks it was to reuse: prefill in full
+    # Ended from outside its lane (a cancel, a client gone), maybe while a step of it was in
+    # flight: that step can still (re)create its cache on a node after the release was sent
+    # (a rebuild from position 0), so its lane releases it again once the iteration is over.
+    ended_outside: bool = False
 
     @property
     def session_id(self) -> str:
@@ -133,6 +138,7 @@ class GenerationEngine:
         micro_batches: int | None = None,
         prefill_chunk_tokens: int = 256,
         max_queue: int = 256,
+        max_tenant_share: float = 0.5,
         unavailable_grace_s: float = 10.0,
         observer: GenerationObserver = NO_GENERATION_OBSERVER,
         relay: ChainClient | None = None,
@@ -152,6 +158,13 @@ class GenerationEngine:
         self.max_replays = max_replays
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_queue = max_queue
+        # Fair sharing between tenants (API keys): one holds at most this fraction of
+        # running + queued, so another always finds room, and a free batch slot goes to
+        # the waiting tenant that runs the fewest sequences. Requests without a tenant
+        # (a gateway without keys) are neither capped nor reordered.
+        self.max_tenant_share = max_tenant_share
+        self._served: dict[str, int] = {}  # tenant -> the join count when it last got a slot
+        self._joins = 0
         # A partition with no usable replica makes its sequences wait this long
         # for one to come back (a restart, a probe) before they fail.
         self.unavailable_grace_s = unavailable_grace_s
@@ -193,6 +206,15 @@ class GenerationEngine:
         if self.running >= self.queue_capacity:
             self.observer.rejected("overloaded")
             raise GenerationError("overloaded", f"{self.running} requests are running or queued (the limit): retry in a moment")
+        if req.tenant and self.max_tenant_share < 1:
+            share = max(1, int(self.queue_capacity * self.max_tenant_share))
+            held = sum(1 for s in self._sequences.values() if s.req.tenant == req.tenant and not s.done)
+            if held >= share:
+                self.observer.rejected("tenant_share")
+                raise GenerationError(
+                    "overloaded",
+                    f"this key has {held} requests running or queued, its share of the queue: retry in a moment",
+                )
         if req.request_id in self._sequences:
             raise GenerationError("invalid", f"request id {req.request_id!r} is already running")
         seq = _Sequence(req)
@@ -209,6 +231,7 @@ class GenerationEngine:
                     return
         finally:
             if not seq.done:
+                seq.ended_outside = True
                 self._finish(seq)
 
     @property
@@ -254,6 +277,7 @@ class GenerationEngine:
         seq = self._sequences.get(request_id)
         if seq is None or seq.done:
             return False
+        seq.ended_outside = True
         self._finish(seq, "cancelled")
         return True
 
@@ -275,15 +299,46 @@ class GenerationEngine:
         if lane.task is None or lane.task.done():
             lane.task = asyncio.create_task(self._run(lane), name=f"generation-lane-{lane.index}")
 
+    def _join(self, lane: _Lane, room: int) -> None:
+        """Move up to `room` waiting sequences into the lane's batch: in arrival order, except
+        that with more waiting than room, and more than one tenant among them, each slot goes
+        to the tenant running the fewest sequences (over all lanes), the one served longest
+        ago first: round robin between keys, so one with a long queue cannot hold every slot."""
+        if room <= 0 or not lane.waiting:
+            return
+        if len(lane.waiting) <= room or len({s.req.tenant for s in lane.waiting}) == 1:
+            joining = lane.waiting[:room]
+            del lane.waiting[:room]
+            for seq in joining:
+                self._mark_served(seq.req.tenant)
+        else:
+            running = Counter(s.req.tenant for each in self._lanes for s in each.running if not s.done)
+            joining = []
+            for _ in range(room):
+                # min() keeps the first of equals: arrival order within a tenant and among ties
+                chosen = min(lane.waiting, key=lambda s: (running[s.req.tenant], self._served.get(s.req.tenant, 0)))
+                lane.waiting.remove(chosen)
+                joining.append(chosen)
+                running[chosen.req.tenant] += 1
+                self._mark_served(chosen.req.tenant)
+        lane.running += joining
+
+    def _mark_served(self, tenant: str) -> None:
+        if not tenant:
+            return
+        self._joins += 1
+        self._served[tenant] = self._joins
+        if len(self._served) > 4096:  # keys long gone: keep those with sequences
+            live = {s.req.tenant for s in self._sequences.values()}
+            self._served = {t: n for t, n in self._served.items() if t in live}
+
     async def _run(self, lane: _Lane) -> None:
         room_per_lane = max(1, -(-self.max_batch_size // len(self._lanes)))
         while True:
             if not lane.running and not lane.waiting:
                 lane.wake.clear()
                 await lane.wake.wait()
-            room = room_per_lane - len(lane.running)
-            lane.running += lane.waiting[:room]
-            del lane.waiting[:room]
+            self._join(lane, room_per_lane - len(lane.running))
             batch = [s for s in lane.running if not s.done]
             self._lanes_in_flight += 1
             lanes_in_flight, started = self._lanes_in_flight, time.perf_counter()
@@ -297,6 +352,10 @@ class GenerationEngine:
                     self._fail(seq, GenerationError("internal", f"generation failed: {exc}"))
             finally:
                 self._lanes_in_flight -= 1
+                for seq in batch:
+                    if seq.ended_outside:
+                        for replica in seq.chain or []:
+                            self._release_in_background(replica, seq.session_id)
             lane.running = [s for s in lane.running if not s.done]
 
     async def _iteration(self, batch: list[_Sequence]) -> None:

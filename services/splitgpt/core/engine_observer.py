@@ -20,7 +20,8 @@ class GenerationObserver:
         """A request joined a lane's queue."""
 
     def rejected(self, reason: str) -> None:
-        """A request refused or failed for capacity: "overloaded" (429) or "unavailable" (503)."""
+        """A request refused or failed for capacity: "overloaded" (429), "tenant_share" (429: its
+        key holds its share of the queue) or "unavailable" (503)."""
 
     def iteration(self, sequences: int, lanes_in_flight: int, seconds: float) -> None:
         """One lane's pass through the whole chain: its batch size, the lanes inside an

@@ -45,6 +45,7 @@ class GenerationRequest:
     min_tokens: int = 0
     sampling: SamplingSpec = SamplingSpec()
     ignore_eos: bool = False
+    tenant: str = ""  # who it is for (an API key's fingerprint): the engine's fair share; "" none
 
 
 @dataclass(frozen=True)

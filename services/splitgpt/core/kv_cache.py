@@ -37,9 +37,12 @@ class PrefixBlock:
     writes past what it holds, so the views stay valid when it grows its buffers
     (the old ones are no longer written) or ends; only a rewind over them makes
     it copy them out first (`own`). The price: a kept block holds its session's
-    whole buffer alive until every block viewing it is evicted, up to about
-    twice the block's own bytes (the capacity rounds up, and later positions
-    share the buffer).
+    whole buffer alive until every block viewing it is evicted. When the session
+    ends, blocks that view less than half of its buffer get their own copy
+    (SessionKV.end): else one kept block of a long request (its prompt's last
+    block, then hundreds of generated positions) pinned the whole buffer, 78 MB
+    a gpt2-xl node for a 16-position block, and a shared-prefix benchmark's nodes
+    grew from 2 to 6 GB each until the machine ran out of memory.
     """
 
     __slots__ = ("kv", "outputs", "kept")
@@ -126,6 +129,17 @@ class SessionKV:
         self._lent.append(block)
         self._lent_end = max(self._lent_end, b)
         return block
+
+    def end(self) -> None:
+        """The session is gone: kept blocks stay views of its buffers only while they
+        hold at least half of them (PrefixBlock says why)."""
+        kept = [b for b in self._lent if b.kept]
+        capacity = next((buf.shape[2] for buf in self._kv if buf is not None), 0)
+        if kept and len(kept) * BLOCK_TOKENS * 2 < capacity:
+            for block in kept:
+                block.own()
+        self._lent.clear()
+        self._lent_end = 0
 
     def _copy_out_blocks(self) -> None:
         """Copy the kept blocks that view these buffers out of them, before a rewind writes over them."""
@@ -317,8 +331,13 @@ class KVCacheStore:
         return sum(self._discard(sid) for sid in session_ids)
 
     def _discard(self, session_id: str) -> bool:
-        # The blocks it lent keep viewing its buffers, which nothing writes any more.
-        return self._sessions.pop(session_id, None) is not None
+        # The blocks it lent keep viewing its buffers (nothing writes them any more), or get
+        # their own copy when they are a small part of them (SessionKV.end).
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.end()
+        return True
 
     def _evict_prefix(self, h: bytes) -> None:
         self._prefix.pop(h).kept = False

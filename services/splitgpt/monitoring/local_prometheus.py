@@ -10,6 +10,7 @@ static targets instead of DNS, so the Grafana dashboard's queries and the alert 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -89,7 +90,9 @@ def write_local_config(
     text = "# Written by splitgpt.monitoring.local_prometheus: a Prometheus beside a local stack.\n"
     # JSON is YAML too: no YAML library needed at run time.
     text += json.dumps(local_config(targets, scrape_interval_s, rules_files, api_key), indent=2) + "\n"
+    # 0600 from its first byte (an older file keeps its mode under touch: set it again)
     path.touch(mode=0o600)
+    os.chmod(path, 0o600)
     path.write_text(text)
     return path
 

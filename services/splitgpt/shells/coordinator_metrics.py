@@ -87,7 +87,7 @@ class CoordinatorMetrics(GenerationObserver):
             self._replays.labels(reason)
         for partition in range(router.num_partitions):
             self._rebuilt.labels(str(partition))
-        for reason in ("overloaded", "unavailable"):
+        for reason in ("overloaded", "tenant_share", "unavailable"):
             self._rejected.labels(reason)
         self._finished_by_reason = {reason: self._finished.labels(reason) for reason in FINISH_REASONS}
         self._step_by_replica: dict[tuple[int, str], Histogram] = {}

@@ -52,6 +52,8 @@ class CoordinatorSettings(InternalSecuritySettings):
     unavailable_grace_s: float = 10.0
     max_batch_size: int = 64
     max_queue: int = 256
+    # One API key holds at most this fraction of max_batch_size + max_queue (1: no cap).
+    max_tenant_share: float = Field(0.5, gt=0, le=1)
     dns_refresh_s: float = 10.0
     # Micro-batches in flight at once (pipeline parallelism); 0: one per partition.
     micro_batches: int = 0
@@ -98,6 +100,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 micro_batches=self.settings.micro_batches or None,
                 prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
                 max_queue=self.settings.max_queue,
+                max_tenant_share=self.settings.max_tenant_share,
                 unavailable_grace_s=self.settings.unavailable_grace_s,
                 observer=self.observer,
                 relay=RelayClient() if self.settings.relay else None,
@@ -117,6 +120,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             min_tokens=request.min_tokens,
             sampling=dataclasses.replace(sampling_from_proto(request.sampling), top_logprobs=request.top_logprobs),
             ignore_eos=request.ignore_eos,
+            tenant=request.tenant,
         )
         # aclosing: a client that goes away closes the engine's stream, which
         # cancels the sequence and frees its caches on every node.

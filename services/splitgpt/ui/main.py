@@ -7,10 +7,11 @@ import sys
 
 import uvicorn
 
+from ..host_allow import allowed_hosts
 from ..logs import configure
 from ..shells.cli_settings import settings_from_cli
 from .build import ensure_built
-from .server import create_app
+from .server import UVICORN_OPTIONS, create_app
 from .settings import UiSettings
 
 
@@ -34,11 +35,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"splitgpt ui: {problem}", file=sys.stderr, flush=True)
     say(f"web UI on http://{settings.host}:{settings.port} (API: {settings.api_url})")
     uvicorn.run(
-        create_app(settings.api_url, dist, problem),
+        create_app(
+            settings.api_url,
+            dist,
+            problem,
+            max_body_bytes=settings.max_body_bytes,
+            # no keys of its own: on loopback, local names only (the API behind may be open)
+            allowed=allowed_hosts(settings.allowed_hosts, settings.host, keys=False),
+        ),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # the page polls every second; the API logs the calls that matter
+        **UVICORN_OPTIONS,
     )
 
 

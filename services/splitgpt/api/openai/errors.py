@@ -36,8 +36,15 @@ def openai_status(error: ApiError) -> int:
 CODE_FOR_TYPE = {"rate_limited": "rate_limit_exceeded", "concurrency_limited": "rate_limit_exceeded"}
 
 
-def openai_body(error: ApiError) -> dict:
+# The prompt is `text` to the generation service that /api and /v1 share; on /v1 it is the
+# field the client sent.
+PROMPT_PARAM = {PREFIX + "/completions": "prompt", PREFIX + "/chat/completions": "messages"}
+
+
+def openai_body(error: ApiError, path: str = "") -> dict:
+    """`path`: the route's, so that `param` names the /v1 field (`prompt`, `messages`), not /api's `text`."""
     status = openai_status(error)
     kind = TYPE_FOR_STATUS.get(status) or ("invalid_request_error" if status < 500 else "server_error")
     code = CODE_FOR_TYPE.get(error.type, error.type)
-    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": code}}
+    param = PROMPT_PARAM.get(path.rstrip("/"), error.param) if error.param == "text" else error.param
+    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}

@@ -1,6 +1,7 @@
 """/v1 request and response bodies, in the shapes OpenAI's clients (and vLLM) use.
 
-Defaults are OpenAI's, not /api/model's: max_tokens 16, temperature 1, top_p 1, n 1.
+Defaults are OpenAI's, not /api/model's: max_tokens 16 on completions and the rest of the
+context on chat, temperature 1, top_p 1, n 1.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    # Chat's default is the rest of the context (OpenAI's chat API, vLLM), not completions' 16.
+    max_tokens: int | None = Field(
+        None, ge=1, le=UINT32_MAX, description="Tokens to generate at most; default (null): as many as the context leaves."
+    )
     logprobs: bool | None = Field(False, description="Not supported on chat: only false.")
     top_logprobs: int | None = Field(None, description="Not supported on chat: only null.")
     max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX, description="Takes precedence over max_tokens.")

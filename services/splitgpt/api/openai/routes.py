@@ -17,7 +17,7 @@ from ..fan_out import FanOut, prompt_count
 from ..rate_limit import charge_generations
 from ..shutdown import drain
 from . import streaming
-from .errors import openai_body
+from .errors import PREFIX, openai_body
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -101,7 +101,8 @@ def openai_router(served_model_name: str | None, fan_out: FanOut) -> APIRouter:
         cid = f"cmpl-{rid}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = await streaming.start([drain.cut_stream(r) for r in s.runs(choices, rid, body.logprobs)])
+            runs = [drain.cut_stream(r) for r in s.runs(choices, rid, body.logprobs)]
+            events = await unless_disconnected(request, streaming.start(runs))
             return _stream(_completion_chunks(s, choices, events, cid, created, model, body.logprobs, include_usage))
         await unless_disconnected(request, s.run_all(choices, rid, body.logprobs))
         return CompletionResponse(
@@ -132,7 +133,9 @@ def openai_router(served_model_name: str | None, fan_out: FanOut) -> APIRouter:
         cid = f"chatcmpl-{rid}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = await streaming.start([drain.cut_stream(r) for r in s.runs(choices, rid, None)])
+            events = await unless_disconnected(
+                request, streaming.start([drain.cut_stream(r) for r in s.runs(choices, rid, None)])
+            )
             return _stream(_chat_chunks(s, choices, events, cid, created, model, include_usage))
         await unless_disconnected(request, s.run_all(choices, rid, None))
         return ChatCompletionResponse(
@@ -190,7 +193,7 @@ async def _completion_chunks(
             )
     except ApiError as exc:  # the status line is gone: the error travels as a chunk
         s.generation.metrics.error(exc.type)
-        yield streaming.sse(openai_body(exc))
+        yield streaming.sse(openai_body(exc, PREFIX + "/completions"))
     finally:
         await events.aclose()
     yield streaming.DONE
@@ -231,7 +234,7 @@ async def _chat_chunks(
             )
     except ApiError as exc:
         s.generation.metrics.error(exc.type)
-        yield streaming.sse(openai_body(exc))
+        yield streaming.sse(openai_body(exc, PREFIX + "/chat/completions"))
     finally:
         await events.aclose()
     yield streaming.DONE
