@@ -471,12 +471,21 @@ def last_level_cache_bytes() -> int | None:
     return max(sizes, default=None)
 
 
+def run_geometry(args: argparse.Namespace, config) -> Geometry:
+    """The model's sizes as its nodes will hold them: the dtype, and the head packed or not."""
+    return Geometry(
+        config.n_layer,
+        config.n_embd,
+        config.n_positions,
+        config.vocab_size,
+        dtype_bytes=2 if args.dtype in ("bfloat16", "float16") else 4,
+        pack_head=os.environ.get("SPLITGPT_NODE_PACK_HEAD", "true").lower() not in ("0", "false", "no"),
+    )
+
+
 def choose_micro_batches(args: argparse.Namespace, config, ranges) -> int:
     """--micro-batches 0: the nodes share this host's cores (core.pipelining)."""
-    geometry = Geometry(
-        config.n_layer, config.n_embd, config.n_positions, config.vocab_size,
-        dtype_bytes=2 if args.dtype in ("bfloat16", "float16") else 4,
-    )  # fmt: skip
+    geometry = run_geometry(args, config)
     largest = max(
         (b - a) * geometry.block_bytes + (geometry.head_bytes if i == len(ranges) - 1 else 0) for i, (a, b) in enumerate(ranges)
     )
@@ -492,14 +501,7 @@ def choose_micro_batches(args: argparse.Namespace, config, ranges) -> int:
 def memory_plan_split(args: argparse.Namespace, config) -> str:
     """--node-memory as explicit ranges (core.memory_plan), which every node and the coordinator then take."""
     budgets = parse_budgets(args.node_memory, args.partitions)
-    geometry = Geometry(
-        config.n_layer,
-        config.n_embd,
-        config.n_positions,
-        config.vocab_size,
-        dtype_bytes=2 if args.dtype in ("bfloat16", "float16") else 4,
-        pack_head=os.environ.get("SPLITGPT_NODE_PACK_HEAD", "true").lower() not in ("0", "false", "no"),
-    )
+    geometry = run_geometry(args, config)
     ranges = memory_split(geometry, budgets)
     print(
         "splitgpt up: memory split: "

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..host_allow import HostAllowList, allowed_hosts
-from .auth import configured_keys, install_api_keys
+from .auth import install_api_keys
 from .backends import Backends
 from .body_limit import BodyLimit
 from .cache import make_cache
@@ -81,7 +81,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         burst=settings.rate_limit_burst,
         max_concurrent=settings.max_concurrent_per_key,
     )
-    install_api_keys(app, settings)
+    keys = install_api_keys(app, settings)
     app.add_middleware(Cors, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.state.metrics = metrics
 
@@ -89,10 +89,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # Outermost: every error answer passes it, whichever layer answered.
     app.add_middleware(ErrorAnswers, metrics=metrics)
     # Before anything else, a request to a name this gateway does not answer (DNS rebinding).
-    open_gateway = not configured_keys(settings)
     app.add_middleware(
         HostAllowList,
-        allowed=allowed_hosts(settings.allowed_hosts, settings.host, keys=not open_gateway),
+        allowed=allowed_hosts(settings.allowed_hosts, settings.host, keys=len(keys) > 0),
         setting="SPLITGPT_API_ALLOWED_HOSTS",
     )
 

@@ -154,13 +154,14 @@ def _unauthorized(path: str, given: bool):
     )  # fmt: skip
 
 
-def install_api_keys(app: FastAPI, settings: ApiSettings) -> None:
-    """Add the middleware, say at start whether the gateway is open, and declare the keys in /openapi.json."""
+def install_api_keys(app: FastAPI, settings: ApiSettings) -> KeyRing:
+    """Add the middleware, say at start whether the gateway is open, and declare the keys in
+    /openapi.json. Returns the keys."""
     keys = load_keys(settings)
     app.add_middleware(ApiKeys, keys=keys)
     if not len(keys):
         log.warning("no API keys configured (SPLITGPT_API_KEYS): every route is open to anyone who can reach this port")
-        return
+        return keys
     admins = [c.owner for c in keys.callers if c.admin]
     log.info("API keys: %d configured (%d admin); admin fingerprints: %s", len(keys), len(admins), ", ".join(admins) or "none")
     if keys.short:
@@ -168,6 +169,7 @@ def install_api_keys(app: FastAPI, settings: ApiSettings) -> None:
             "%d API key(s) shorter than %d characters: use long random keys (openssl rand -hex 32)", keys.short, SHORT_KEY_CHARS
         )
     _declare_security(app)
+    return keys
 
 
 UNAUTHORIZED_API = {

@@ -45,18 +45,16 @@ def secret_flag_refusal(cls: type[BaseSettings], name: str) -> str:
 
 def settings_from_cli(cls: type[S], argv: list[str] | None, prog: str, description: str) -> S:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    secrets = set()
+    secrets = {name for name, field in cls.model_fields.items() if is_secret(field)}
     for name, field in cls.model_fields.items():
-        if is_secret(field):
-            secrets.add(name)
-            # Listed, so --help names where it goes; refused when given.
-            parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=secret_flag_refusal(cls, name))
-            continue
+        # A secret is listed too, so --help names where it goes; it is refused when given.
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
-            help=f"{field.description or name} (default: {field.default!r})",
+            help=secret_flag_refusal(cls, name)
+            if name in secrets
+            else f"{field.description or name} (default: {field.default!r})",
         )
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     for name in secrets & set(given):
