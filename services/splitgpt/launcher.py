@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from .core.cluster_config import ClusterConfig, NodeEntry
+from .core.cluster_config import ClusterConfig, ModelConfig, NodeEntry
 from .core.memory_plan import Geometry, memory_split, parse_budgets
 from .core.partitioning import PartitionError, parse_split, resolve_split
 from .core.pipelining import overflows_cache, shared_host_micro_batches
@@ -43,7 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="splitgpt up", description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--model", default=os.environ.get("MODEL_ID", "gpt2"), help="Hub id or checkpoint directory (env MODEL_ID)")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]MODEL",
+        help="Hub id or checkpoint directory (env MODEL_ID; default gpt2). Repeat it to serve several models at once, "
+        "each split into --partitions x --replicas nodes of its own; the first is the default. NAME= sets the name "
+        "requests call it by (default: the first model's id, the others' directory names)",
+    )
     p.add_argument("--partitions", type=int, default=3, help="the model's blocks are cut into this many nodes")
     p.add_argument("--replicas", type=int, default=1, help="nodes serving each partition")
     p.add_argument(
@@ -124,9 +131,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="mutual TLS on every gRPC hop, with a throwaway CA and certificates written to RUN_DIR/tls",
     )
     args = p.parse_args(argv)
+    args.models = [served_model(spec, first=i == 0) for i, spec in enumerate(args.model or [os.environ.get("MODEL_ID", "gpt2")])]
+    names = [name for name, _ in args.models]
+    if len(set(names)) != len(names):
+        p.error(f"--model: two models share a name ({', '.join(names)}): give one NAME=")
+    args.model = args.models[0][1]  # the default model: what a request without `model` runs on
+    if len(args.models) > 1 and args.node_memory:
+        p.error("--node-memory plans one model's split: serve one model with it, or split several with --split")
     if args.dtype not in NODE_DTYPES:  # a default from the environment skips argparse's own check
         p.error(f"SPLITGPT_NODE_DTYPE={args.dtype!r}: --dtype must be one of {', '.join(NODE_DTYPES)}")
     return args
+
+
+def served_model(spec: str, first: bool) -> tuple[str | None, str]:
+    """`[NAME=]MODEL` -> (name, model). The first model's name defaults to its id (as
+    with one model, so nothing changes for it), another's to its directory's name."""
+    name, sep, model = spec.partition("=")
+    if not sep:
+        name, model = None, spec
+    if name is None and not first:
+        name = model.rstrip("/").rsplit("/", 1)[-1]
+    return name, model
 
 
 def inside_env(args: argparse.Namespace) -> dict[str, str]:
@@ -143,9 +168,15 @@ def inside_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def node_prefix(model_index: int) -> str:
+    """Node ids of the default model are `part0-r0`, ...; of the k-th other model `m{k}-part0-r0`, ..."""
+    return "" if model_index == 0 else f"m{model_index}-"
+
+
 def _node_ids(args: argparse.Namespace) -> list[str]:
-    """The nodes, in the order they are created (and numbered for their metrics ports)."""
-    return [f"part{p}-r{r}" for p in range(args.partitions) for r in range(args.replicas)]
+    """The nodes, in the order they are created (and numbered for their ports and metrics ports)."""
+    models = len(getattr(args, "models", None) or [None])
+    return [f"{node_prefix(k)}part{p}-r{r}" for k in range(models) for p in range(args.partitions) for r in range(args.replicas)]
 
 
 def metrics_ports(args: argparse.Namespace) -> dict[str, int]:
@@ -192,7 +223,7 @@ def metrics_port_claims(args: argparse.Namespace) -> list[tuple[int, str, str]]:
 
 
 def plan(
-    args: argparse.Namespace, model_dir: Path, inside: dict[str, str] | None = None
+    args: argparse.Namespace, model_dir: Path | list[Path], inside: dict[str, str] | None = None
 ) -> tuple[list[Child], ClusterConfig, Path]:
     """The children to start and the cluster config they share (written by the caller).
     `inside`: the token and certificates (`inside_env`) the gRPC services and the API get.
@@ -202,11 +233,26 @@ def plan(
     """
     base = args.grpc_port_base
     coordinator_addr, tokenizer_addr = f"{args.host}:{base}", f"{args.host}:{base + 1}"
-    nodes = [
-        NodeEntry(id=f"part{p}-r{r}", address=f"{args.host}:{base + 50 + p * args.replicas + r}", partition=p)
-        for p in range(args.partitions)
-        for r in range(args.replicas)
-    ]
+    served = getattr(args, "models", None) or [(None, args.model)]
+    # `model_dir`: the default model's directory, or every model's (in --model order).
+    dirs = [model_dir] if isinstance(model_dir, Path) else list(model_dir)
+    dirs += [Path(model) for _, model in served[len(dirs) :]]
+    per_model = args.partitions * args.replicas
+    models = []
+    for k, ((name, _), directory) in enumerate(zip(served, dirs, strict=True)):
+        first_port = base + 50 + k * per_model
+        entries = [
+            NodeEntry(id=f"{node_prefix(k)}part{p}-r{r}", address=f"{args.host}:{first_port + p * args.replicas + r}",
+                      partition=p)
+            for p in range(args.partitions)
+            for r in range(args.replicas)
+        ]  # fmt: skip
+        models.append(
+            ModelConfig(
+                name=name, model=str(directory), num_partitions=args.partitions, split=parse_split(args.split), nodes=entries
+            )
+        )
+    nodes = [(entry, model.model) for model in models for entry in model.nodes]
     metrics = metrics_ports(args)  # by node id, numbered in this order
 
     def metrics_flag(name: str) -> list[str]:
@@ -217,7 +263,7 @@ def plan(
     def memory_flag(partition: int) -> list[str]:  # each node checks its own share again before it loads
         return ["--memory-budget", str(budgets[partition])] if budgets else []
 
-    config = ClusterConfig(model=str(model_dir), num_partitions=args.partitions, split=parse_split(args.split), nodes=nodes)
+    config = ClusterConfig(models=models)
     config_path = (args.run_dir / "cluster.json").resolve()
 
     # All nodes share this host's cores: `run` chose the micro-batches in flight
@@ -228,7 +274,7 @@ def plan(
     micro_batches = args.micro_batches or max(1, min(args.partitions, cores))
     threads = args.torch_threads or cores
     divide = [] if args.torch_threads else ["--divide-threads", "true"]
-    ui_env = {**os.environ, "MODEL_ID": str(model_dir), "PYTHONUNBUFFERED": "1"}
+    ui_env = {**os.environ, "MODEL_ID": str(dirs[0]), "PYTHONUNBUFFERED": "1"}
     env = {**ui_env, **(inside or {})}  # the web UI speaks HTTP to the API only: it gets neither
     # After a parallel region OpenMP's threads spin, by default for ~300k
     # iterations, waiting for the next one. On a shared host that spin eats the
@@ -244,7 +290,7 @@ def plan(
         Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1), *metrics_flag("tokenizer")], env,
               tier=BACKENDS, stop_signal=signal.SIGINT, port=base + 1, port_flag=grpc_port)
     ]  # fmt: skip
-    for node in nodes:
+    for node, node_model in nodes:
         host, port = node.address.rsplit(":", 1)
         children.append(
             Child(
@@ -253,7 +299,7 @@ def plan(
                       "--num-partitions", str(args.partitions), "--split", args.split,
                       "--host", host, "--port", port, "--dtype", args.dtype, "--torch-threads", str(threads), *divide,
                       *memory_flag(node.partition), *metrics_flag(node.id)],
-                node_env,
+                {**node_env, "MODEL_ID": node_model},
                 tier=BACKENDS, stop_signal=signal.SIGINT, port=int(port), port_flag=grpc_port,
                 essential=False,  # another replica may serve its partition; /api/ready tells
             )
@@ -389,12 +435,25 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     blocks = f"{config.n_layer} blocks in {args.partitions} partitions: {ranges}"
     print(f"splitgpt up: {args.model}, {blocks}, {args.dtype}", flush=True)
+    model_dirs = [model_dir]
+    for name, other in args.models[1:]:  # every other model: found, and splittable as asked, before anything starts
+        try:
+            other_dir = await asyncio.to_thread(resolve_model_dir, other)
+            other_config = load_config(other_dir)
+            other_ranges = resolve_split(
+                args.split, other_config.n_layer, args.partitions, other_config.vocab_size, other_config.n_embd
+            )
+        except (ModelSourceError, PartitionError) as exc:
+            say(f"{name}: {exc}")
+            return 2
+        model_dirs.append(other_dir)
+        print(f"splitgpt up: also {name} ({other}), {other_config.n_layer} blocks: {other_ranges}", flush=True)
     if not args.micro_batches:
         args.micro_batches = choose_micro_batches(args, config, ranges)
     if args.dry_run:
         print("SPLITGPT_NODE_SPLIT=" + ",".join(f"{a}-{b}" for a, b in ranges), flush=True)
         return 0
-    children, cluster, config_path = plan(args, model_dir, inside_env(args))
+    children, cluster, config_path = plan(args, model_dirs, inside_env(args))
     config_path.parent.mkdir(parents=True, exist_ok=True)
     cluster.dump(config_path)
     print("splitgpt up: Prometheus metrics:\n  " + "\n  ".join(metrics_urls(args)), flush=True)
@@ -427,7 +486,9 @@ async def run(args: argparse.Namespace) -> int:
     if ready.done() and ready.result():
         supervisor.serving = True
         print(
-            f"splitgpt is ready: {cluster.num_partitions} partitions x {args.replicas} replicas of {args.model}\n"
+            f"splitgpt is ready: {cluster.num_partitions} partitions x {args.replicas} replicas of "
+            + ", ".join(m.served_name(args.model) for m in cluster.models)
+            + "\n"
             f"  curl -s {api}/api/model/process -H 'content-type: application/json' -d '{{\"text\": \"Hello\"}}'\n"
             f"  docs: {api}/docs"
             + ("" if args.no_ui else f"\n  web UI: http://{args.host}:{args.ui_port}")

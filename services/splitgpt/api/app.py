@@ -25,7 +25,9 @@ from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
 from .fan_out import FanOut
 from .generation import Done, GenerationService, TextDelta
+from .management_routes import management_router
 from .metrics import ApiMetrics, ErrorAnswers, GenerationRequestMetrics
+from .offline_docs import install_offline_docs
 from .openai.routes import openai_router
 from .rate_limit import GenerationLimits
 from .readiness import readiness
@@ -70,7 +72,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="GPT-2 served with its transformer blocks partitioned across gRPC nodes.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # offline_docs serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
+    install_offline_docs(app)
     # Added first, so innermost: a 413 still passes CORS and the request metrics on its way out.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Limits inside the key check (they count per key), both inside CORS (a browser can read a 401/429, and a
@@ -102,6 +107,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     # Any route can meet a body over the limit, or a bug.
     app.include_router(_routes(), responses=error_responses(413, 500))
+    app.include_router(management_router(), responses=error_responses(413, 500))
     # The OpenAI-compatible API: its errors in OpenAI's shape (api/openai/errors.py).
     fan_out = FanOut(settings.max_prompts_per_request, settings.max_generations_per_request)
     app.include_router(openai_router(settings.served_model_name, fan_out))

@@ -20,6 +20,8 @@ from ..rpc import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenize
 from ..shells.grpc_runtime import client_channel, probe_health
 from ..shells.internal_auth import InternalSecurity
 from . import ownership, wire
+from .cluster_admin import ClusterAdmin
+from .errors import ApiError
 from .grpc_errors import from_grpc, rpc_errors
 from .schemas import ClusterResponse, ModelInfo, TasksResponse
 from .settings import ApiSettings
@@ -47,6 +49,7 @@ class DecodeStream:
 
 
 TOKEN_BYTES_RETRY_S = 5.0
+MAX_KNOWN_MODELS = 256  # model infos kept: the coordinator's names only (an unknown one is a 404, never kept)
 
 
 class LocalDecodeStream:
@@ -76,7 +79,8 @@ class Backends:
         self._preferred = 0  # the tokenizer replica that answered last
         self.coordinator_channel = client_channel(settings.coordinator_address, security)
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel)
-        self._model: ModelInfo | None = None
+        self.admin = ClusterAdmin(self.coordinator, settings.rpc_timeout_s)
+        self._models: dict[str, ModelInfo] = {}  # by the name asked for ("": the default model)
         self._token_bytes: list[bytes] | None = None  # [] once the tokenizer says it has none
         self._max_chars_per_token: int | None = None
         self._token_bytes_lock = asyncio.Lock()
@@ -152,15 +156,31 @@ class Backends:
             reply = await self.tokenizers[self._preferred].DecodeBatch(request, timeout=self.settings.rpc_timeout_s)
         return list(reply.texts)
 
-    async def model_info(self) -> ModelInfo:
-        """Context size, vocabulary and name of the served model (asked once)."""
-        if self._model is None:
-            with rpc_errors("coordinator"):
+    async def model_info(self, model: str | None = None) -> ModelInfo:
+        """Context size, vocabulary and name of a served model (None: the default one),
+        asked once per name: a model keeps its checkpoint, whatever its split. A name
+        the coordinator does not serve is a 404 `model_not_found`."""
+        key = model or ""
+        if key not in self._models:
+            try:
                 reply = await self.coordinator.GetModelInfo(
-                    coordinator_pb2.ModelInfoRequest(), timeout=self.settings.rpc_timeout_s
+                    coordinator_pb2.ModelInfoRequest(model=key), timeout=self.settings.rpc_timeout_s
                 )
-            self._model = wire.model_info(reply)
-        return self._model
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise ApiError(404, "model_not_found", exc.details() or f"no model {key!r}", param="model") from exc
+                raise from_grpc(exc, "coordinator") from exc
+            if len(self._models) < MAX_KNOWN_MODELS:
+                self._models[key] = wire.model_info(reply)
+            else:
+                return wire.model_info(reply)
+        return self._models[key]
+
+    async def models(self) -> list[ModelInfo]:
+        """Every model the coordinator serves, the default first, with whether each is ready now."""
+        with rpc_errors("coordinator"):
+            reply = await self.coordinator.ListModels(coordinator_pb2.ListModelsRequest(), timeout=self.settings.rpc_timeout_s)
+        return [wire.model_info(m) for m in reply.models]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | FinishEvent]:
         """The coordinator's events for `request`; closing the iterator early

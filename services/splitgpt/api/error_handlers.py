@@ -24,7 +24,9 @@ MAX_MESSAGE_CHARS = 400
 
 DESCRIPTIONS = {
     400: "Malformed JSON, or the prompt (with max_tokens) does not fit the model's context.",
-    404: "No such resource.",
+    403: "The API key may not do this (node and model management needs an admin key).",
+    404: "No such resource: a route, a request id, a model or a node.",
+    409: "The cluster's state refuses it: a node id already registered, or no other replica to drain to.",
     413: "The request body is over the gateway's size limit.",
     415: "The body is not sent as JSON (`content-type: application/json`).",
     422: "A field is invalid: the message and `param` name it.",

@@ -10,6 +10,8 @@ from __future__ import annotations
 # Anything not listed is the upstream's own failure: 502.
 HTTP_FOR_GRPC_STATUS = {
     "INVALID_ARGUMENT": 400,
+    "NOT_FOUND": 404,
+    "FAILED_PRECONDITION": 409,
     "OUT_OF_RANGE": 400,
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
@@ -21,8 +23,10 @@ UPSTREAM_FAILURE = 502
 # The `type` an error of each status gets when nothing more specific is known.
 TYPE_FOR_STATUS = {
     400: "invalid_request",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "validation_error",

@@ -90,7 +90,7 @@ class GenerationService:
         self, body: ProcessRequest, request_id: str, given_ids: list[int] | None = None, logprobs: int | None = None
     ) -> _Run:
         started = time.perf_counter()
-        model = await self.backends.model_info()
+        model = await self.backends.model_info(body.model)
         context_limits.check_settings(body.max_tokens, body.min_tokens, model)
         t0 = time.perf_counter()
         if given_ids is None:
@@ -108,10 +108,12 @@ class GenerationService:
         key = None
         if body.deterministic and body.cache and logprobs is None:
             scope = cache_scope(body.cache_salt)
+            # The model by name and checkpoint: two names for one checkpoint never share results.
+            model_key = f"{model.name}\n{model.model_id}"
             if given_ids is None:
-                key = result_key(model.model_id, body.text, body.sampling_key(), scope)
+                key = result_key(model_key, body.text, body.sampling_key(), scope)
             else:  # "" is no text prompt (they are never empty): ids never share a text's key
-                key = result_key(model.model_id, "", {**body.sampling_key(), "prompt_ids": prompt_ids}, scope)
+                key = result_key(model_key, "", {**body.sampling_key(), "prompt_ids": prompt_ids}, scope)
         return _Run(body, request_id, model, prompt_ids, started, tokenize_ms, key, logprobs)
 
     async def _lookup(self, run: _Run) -> cached_result.CachedResult | None:
@@ -146,6 +148,7 @@ class GenerationService:
             min_tokens=body.min_tokens,
             sampling=SamplingSpec(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed),
             ignore_eos=body.ignore_eos,
+            model=run.model.name,
         )
         if run.logprobs:
             request = replace(request, sampling=replace(request.sampling, top_logprobs=run.logprobs))
@@ -205,7 +208,7 @@ class GenerationService:
                 partitions=self._partitions(run, finish),
             ),
             request_id=run.request_id,
-            model=run.model.model_id,
+            model=run.model.name or run.model.model_id,
             metadata=body.metadata,
         )
         if run.cache_key is not None and reason != "cancelled":  # a cut-short result is not the result

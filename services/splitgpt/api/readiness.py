@@ -16,8 +16,14 @@ async def readiness(backends: Backends) -> ReadyResponse:
     partitions: dict[str, bool] = {}
     if checks["coordinator"] != "UNREACHABLE":
         try:
-            for node in (await backends.cluster()).nodes:
-                key = str(node.partition)
+            cluster = await backends.cluster()
+            current = {m.name: m.split_generation for m in cluster.models}
+            default = cluster.models[0].name if cluster.models else ""
+            for node in cluster.nodes:
+                if node.model in current and node.split_generation != current[node.model]:
+                    continue  # a split being rolled out, or retiring: the current one is what serves
+                # The default model's partitions by number, as with one model; the others' as `name:number`.
+                key = str(node.partition) if node.model in ("", default) else f"{node.model}:{node.partition}"
                 partitions[key] = partitions.get(key, False) or node.status == "SERVING"
         except ApiError:
             pass  # the coordinator's own status already says why

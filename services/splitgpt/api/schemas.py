@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..core.cluster_config import MODEL_NAME_PATTERN
 from .json_values import JsonObject, UnicodeText
 
 # The widest integer the wire takes for counts (uint32 in protos/): larger
@@ -29,6 +30,11 @@ class ProcessRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     text: UnicodeText = Field(min_length=1, description="The prompt.")
+    model: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="The model to run it on, by name (GET /v1/models lists them); absent: the default (first) model.",
+    )
     metadata: JsonObject | None = Field(None, description="A JSON object echoed back untouched (nested at most 32 deep).")
     max_tokens: int = Field(64, ge=1, le=UINT32_MAX, description="Tokens to generate at most (also bounded by the context).")
     min_tokens: int = Field(0, ge=0, le=UINT32_MAX, description="EOS is not accepted before this many tokens.")
@@ -60,7 +66,8 @@ class ProcessRequest(BaseModel):
 
     def sampling_key(self) -> dict:
         """Every field that can change the generated text (the cache key's parameters)."""
-        return self.model_dump(exclude={"text", "metadata", "cache", "cache_salt"})
+        # `model` is not here: the key names the model as resolved (a default by any of its names is one model).
+        return self.model_dump(exclude={"text", "metadata", "cache", "cache_salt", "model"})
 
 
 class Usage(BaseModel):
@@ -138,12 +145,17 @@ class ErrorResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """What the gateway knows of the served model (from the coordinator)."""
+    """What the gateway knows of a served model (from the coordinator)."""
 
-    model_id: str
+    name: str = Field("", description="What requests call it (`model`).")
+    model_id: str = Field(description="The checkpoint its nodes load.")
     n_ctx: int
     vocab_size: int
     eos_token_id: int
+    n_layer: int = 0
+    num_partitions: int = 0
+    ready: bool = Field(True, description="Every partition of its current split has a SERVING node.")
+    split_generation: int = Field(0, description="Its current split: the one new requests go to.")
 
 
 class NodeOut(BaseModel):
@@ -160,10 +172,23 @@ class NodeOut(BaseModel):
     resident_bytes: int = Field(
         description="the node process's resident memory (RSS) as last read (every few seconds); 0 while it is not SERVING"
     )
+    model: str = Field("", description="the name of the model it serves")
+    num_partitions: int = Field(0, description="partitions of the split it belongs to")
+    split_generation: int = Field(0, description="which split of its model (a rollout adds one)")
+    lifecycle: str | None = Field(
+        None, description="online | busy | offline | error | cordoned | draining (README: Node management)"
+    )
+    cordoned: bool = False
+    draining: bool = False
+    cpu_percent: float = Field(0.0, description="CPU use of its process, percent of one core, over the last few seconds")
+    kv_tokens: int = Field(0, description="positions its KV cache holds")
+    kv_max_tokens: int = Field(0, description="its KV budget in positions")
+    sequences: int = Field(0, description="running sequences whose chain goes through it")
 
 
 class ClusterResponse(BaseModel):
-    model: str
+    model: str = Field(description="the default model's checkpoint")
+    models: list[ModelInfo] = Field(default_factory=list, description="every model served, the default first")
     nodes: list[NodeOut]
 
 
@@ -176,6 +201,8 @@ class TaskOut(BaseModel):
     age_s: float
     chain: list[str] = Field(description="node ids, partition 0 first")
     replays: int
+    model: str = ""
+    migrations: int = Field(0, description="times its K/V moved to another replica (a drain)")
 
 
 class TasksResponse(BaseModel):

@@ -24,6 +24,7 @@ def generate_request(request: GenerationRequest) -> coordinator_pb2.GenerateRequ
         ignore_eos=request.ignore_eos,
         top_logprobs=s.top_logprobs,
         tenant=request.tenant,
+        model=request.model,
     )
 
 
@@ -52,28 +53,42 @@ def generate_event(event: coordinator_pb2.GenerateEvent) -> TokenEvent | FinishE
 
 
 def model_info(m: coordinator_pb2.ModelInfo) -> ModelInfo:
-    return ModelInfo(model_id=m.model_id, n_ctx=m.n_ctx, vocab_size=m.vocab_size, eos_token_id=m.eos_token_id)
+    return ModelInfo(
+        name=m.name or m.model_id, model_id=m.model_id, n_ctx=m.n_ctx, vocab_size=m.vocab_size,
+        eos_token_id=m.eos_token_id, n_layer=m.n_layer, num_partitions=m.num_partitions, ready=m.ready,
+        split_generation=m.split_generation,
+    )  # fmt: skip
 
 
 def cluster(state: coordinator_pb2.ClusterState) -> ClusterResponse:
     return ClusterResponse(
-        model=state.model_id,
-        nodes=[
-            NodeOut(
-                id=n.id,
-                address=n.address,
-                partition=n.partition,
-                layers=[n.start_block, n.end_block] if n.end_block else None,
-                status=n.status,
-                circuit=n.circuit,
-                consecutive_failures=n.consecutive_failures,
-                in_flight=n.in_flight,
-                latency_ewma_ms=n.latency_ewma_ms if n.HasField("latency_ewma_ms") else None,
-                weight_bytes=n.weight_bytes,
-                resident_bytes=n.resident_bytes,
-            )
-            for n in state.nodes
-        ],
+        model=state.model_id, models=[model_info(m) for m in state.models], nodes=[node(n) for n in state.nodes]
+    )
+
+
+def node(n: coordinator_pb2.NodeState) -> NodeOut:
+    return NodeOut(
+        id=n.id,
+        address=n.address,
+        partition=n.partition,
+        layers=[n.start_block, n.end_block] if n.end_block else None,
+        status=n.status,
+        circuit=n.circuit,
+        consecutive_failures=n.consecutive_failures,
+        in_flight=n.in_flight,
+        latency_ewma_ms=n.latency_ewma_ms if n.HasField("latency_ewma_ms") else None,
+        weight_bytes=n.weight_bytes,
+        resident_bytes=n.resident_bytes,
+        model=n.model,
+        num_partitions=n.num_partitions,
+        split_generation=n.split_generation,
+        lifecycle=n.lifecycle or None,
+        cordoned=n.cordoned,
+        draining=n.draining,
+        cpu_percent=round(n.cpu_percent, 1),
+        kv_tokens=n.kv_tokens,
+        kv_max_tokens=n.kv_max_tokens,
+        sequences=n.sequences,
     )
 
 
@@ -89,6 +104,8 @@ def tasks(listing: coordinator_pb2.TaskList) -> TasksResponse:
                 age_s=round(t.age_s, 3),
                 chain=list(t.chain),
                 replays=t.replays,
+                model=t.model,
+                migrations=t.migrations,
             )
             for t in listing.tasks
         ]

@@ -87,16 +87,19 @@ class Stack:
         ui: bool = False,
         restart: bool = False,
         tls: bool = False,
+        more_models: list[str] = (),
     ) -> None:
         """`tls`: `splitgpt up --tls` (mutual TLS inside, certificates in run_dir/tls).
+        `more_models`: further `--model [NAME=]DIR`, each on partitions x replicas nodes of its own.
         The internal token is this object's own (`internal_token`), given by
         environment, so tests can call the services directly (`security()`)."""
         self.partitions, self.replicas = partitions, replicas
         self.run_dir, self.tls = run_dir, tls
         self.internal_token = secrets.token_urlsafe(32)
-        self.grpc_base = free_port_base(50 + partitions * replicas)
+        nodes = (1 + len(more_models)) * partitions * replicas
+        self.grpc_base = free_port_base(50 + nodes)
         # /metrics of the gRPC services: coordinator on it, tokenizer on +1, node i on +10+i.
-        self.metrics_base = free_port_base(10 + partitions * replicas)
+        self.metrics_base = free_port_base(10 + nodes)
         self.api_port = free_port_base(1)
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.log_path = run_dir / "stack.log"
@@ -106,6 +109,8 @@ class Stack:
             "--split", split, "--api-port", str(self.api_port), "--grpc-port-base", str(self.grpc_base),
             "--metrics-port-base", str(self.metrics_base), "--run-dir", str(run_dir), *extra_args,
         ]  # fmt: skip
+        for spec in more_models:
+            argv += ["--model", spec]
         # The web UI on a free port when asked; never on 5173, which a developer's own stack may hold.
         self.ui_port = free_port_base(1) if ui else None
         argv += ["--ui-port", str(self.ui_port)] if ui else ["--no-ui"]

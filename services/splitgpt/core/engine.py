@@ -40,6 +40,7 @@ from .generation_types import (  # noqa: F401  (re-exported: the engine's API)
     SamplingSpec,
     TokenEvent,
 )
+from .migration import DrainProgress
 from .node_contract import (
     CacheMiss,
     ChainClient,
@@ -65,6 +66,7 @@ class _Sequence:
     position: int = 0  # positions the chain's caches hold
     next_input: torch.Tensor | None = None  # None: (re)prefill the whole history
     replays: int = 0
+    migrations: int = 0  # times its K/V moved to another replica (a drain)
     step_failures: int = 0  # internal errors of nodes on its steps (StepFailed)
     started: float = field(default_factory=time.perf_counter)
     last_token_at: float = 0.0
@@ -177,6 +179,7 @@ class GenerationEngine:
         self._lanes = [_Lane(i) for i in range(n_lanes)]
         self._lanes_in_flight = 0  # lanes inside an iteration: told to nodes, which size their threads by it
         self._background: set[asyncio.Task] = set()
+        self._drains: dict[Replica, DrainProgress] = {}  # draining replica -> what moving off it did
 
     # -- public ---------------------------------------------------------------
 
@@ -268,9 +271,24 @@ class GenerationEngine:
                 else ("prefill" if seq.next_input is None else "decode"),
                 "chain": [r.node_id for r in seq.chain] if seq.chain else [],
                 "replays": seq.replays,
+                "migrations": seq.migrations,
             }
             for seq in self._sequences.values()
         ]
+
+    def holds(self, request_id: str) -> bool:
+        return request_id in self._sequences
+
+    def sequences_on(self, replica: Replica) -> int:
+        """Sequences whose chain runs through the replica (a drain waits for none)."""
+        return sum(1 for s in self._sequences.values() if not s.done and s.chain and replica in s.chain)
+
+    def drain_progress(self, replica: Replica) -> DrainProgress:
+        """What moving sequences off the (draining) replica did so far."""
+        return self._drains.setdefault(replica, DrainProgress())
+
+    def forget_drain(self, replica: Replica) -> None:
+        self._drains.pop(replica, None)
 
     def cancel(self, request_id: str) -> bool:
         """Stop a request; its stream ends with finish_reason "cancelled" and its caches are freed."""
@@ -366,6 +384,11 @@ class GenerationEngine:
         if not ready:
             await asyncio.sleep(0.05)  # every sequence waits for a replica: don't spin
             return
+        moving = [s for s in ready if s.chain and any(r.draining for r in s.chain)]
+        if moving:  # between two of their steps: nothing of theirs is in flight
+            started = time.perf_counter()
+            await asyncio.gather(*(self._migrate(s, started) for s in moving))
+            ready = [s for s in ready if not s.done]
         rebuilt = await asyncio.gather(*(self._rebuild(s) for s in ready if s.stale))
         if rebuilt and not all(rebuilt):  # those that could not be rebuilt yet wait for the next iteration
             ready = [s for s in ready if not s.stale and not s.done]
@@ -411,6 +434,46 @@ class GenerationEngine:
             seq.parked_since = seq.parked_since or now
             if now - seq.parked_since > self.unavailable_grace_s:
                 self._fail(seq, GenerationError("unavailable", f"{exc} (waited {self.unavailable_grace_s:.0f}s for one)"))
+
+    async def _migrate(self, seq: _Sequence, started: float) -> None:
+        """Move the sequence off every draining replica of its chain (core.migration): its
+        session exported there and imported into another replica of the partition. Where
+        the source cannot export, the target rebuilds it (`lose`); where no other replica
+        is usable, or the target fails, it stays and tries again at its next iteration."""
+        for p, source in enumerate(seq.chain):
+            if not source.draining:
+                continue
+            try:
+                target = self.router.pick(p, avoid=source)
+            except NoHealthyReplica:
+                continue
+            progress = self.drain_progress(source)
+            transferred = False
+            if seq.position > 0 and not seq.reuse_blocks:  # else it holds nothing there yet
+                try:
+                    snapshot = await self._unless_down(source, self.client_for(source).export_session(seq.session_id))
+                except (CacheMiss, NodeFailed) as exc:
+                    log.info("%s cannot export %s (%s): rebuilt on %s", source.node_id, seq.session_id, exc, target.node_id)
+                    seq.lose(p)
+                    progress.recomputed += 1
+                else:
+                    try:
+                        await self._unless_down(target, self.client_for(target).import_session(seq.session_id, snapshot))
+                    except (CacheMiss, NodeFailed, ValueError) as exc:  # the target is at fault: try another later
+                        log.warning("%s refused %s's K/V: %s", target.node_id, seq.session_id, exc)
+                        continue
+                    transferred = True
+            if seq.done:  # cancelled meanwhile: its releases went to the old chain
+                self._release_in_background(target, seq.session_id)
+                return
+            seq.chain[p] = target
+            self._release_in_background(source, seq.session_id)
+            seconds = time.perf_counter() - started
+            if transferred:
+                seq.migrations += 1
+                progress.record_moved(seconds)
+            self.observer.migrated(p, seconds, transferred)
+            log.info("moved %s from %s to %s in %.1f ms", seq.session_id, source.node_id, target.node_id, seconds * 1000)
 
     async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, torch.Tensor]:
         """Each sequence's rows into partition 0: its next token's embedding, or

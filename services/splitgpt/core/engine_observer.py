@@ -42,6 +42,10 @@ class GenerationObserver:
         """A prefill from position 0 starts after `reused_tokens` of its prompt that
         the chain's nodes kept from earlier requests (0: none)."""
 
+    def migrated(self, partition: int, seconds: float, transferred: bool) -> None:
+        """A sequence moved off a draining replica: its K/V transferred (`transferred`),
+        or, the source unable to export, left to be rebuilt on the target."""
+
     def failover(self, partition: int, node_id: str) -> None:
         """A call on this replica failed; its sequences move elsewhere."""
 

@@ -30,7 +30,7 @@ class SamplingSpec:
 
 
 class GenerationError(Exception):
-    """A request that cannot be served. `kind`: invalid | overloaded | unavailable | internal."""
+    """A request that cannot be served. `kind`: invalid | not_found | conflict | overloaded | unavailable | internal."""
 
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
@@ -46,6 +46,7 @@ class GenerationRequest:
     sampling: SamplingSpec = SamplingSpec()
     ignore_eos: bool = False
     tenant: str = ""  # who it is for (an API key's fingerprint): the engine's fair share; "" none
+    model: str = ""  # the served model's name it runs on; "" the default model
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ the chain may have committed a step the rest never saw, and the step is sent aga
 A partition that is not the last also keeps the rows it sent on (its outputs)
 for every position it holds: they are the next partition's inputs, from which a
 replica that replaces it rebuilds its cache without recomputing anything here.
+
+A session moves whole between replicas of one partition (live migration): the
+store exports a copy of what it holds and another store imports it, after which
+a step there continues exactly where the source would have.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .node_contract import CacheBudgetExceeded, CacheMiss, StepInputError
+from .node_contract import CacheBudgetExceeded, CacheMiss, SessionSnapshot, StepInputError
 from .prefix_cache import BLOCK_TOKENS
 
 
@@ -156,6 +160,22 @@ class SessionKV:
         if self._output_width and all(b.outputs is not None for b in blocks):
             self.keep_outputs(torch.cat([b.outputs for b in blocks]))
         self.commit(len(blocks) * BLOCK_TOKENS)
+
+    def snapshot(self) -> SessionSnapshot:
+        """Copies of the committed positions: a later step here appends past them or,
+        after a rewind, overwrites them, and neither may reach an export in flight."""
+        n = self.length
+        outputs = self._outputs[:n].clone() if self._outputs is not None else None
+        return SessionSnapshot(n, [buf[:, :, :n].clone() for buf in self._kv], outputs)
+
+    def load_snapshot(self, snapshot: SessionSnapshot) -> None:
+        """Start this (new) session from another store's export (checked by the store):
+        exactly its positions, copied onto this session's device."""
+        for layer, kv in enumerate(snapshot.kv):
+            self.append(layer, kv)
+        if snapshot.outputs is not None:
+            self.keep_outputs(snapshot.outputs)
+        self.commit(snapshot.length)
 
     @property
     def allocated_bytes(self) -> int:
@@ -326,6 +346,58 @@ class KVCacheStore:
             held = "no cache held" if s is None else f"holds {s.length} positions"
             raise CacheMiss({session_id: f"outputs [{start}, {end}) not kept ({held})"})
         return rows
+
+    def export(self, session_id: str) -> SessionSnapshot:
+        """A copy of everything the session holds (SessionKV.snapshot); a CacheMiss if none is held."""
+        s = self._sessions.get(session_id)
+        if s is None:
+            self.misses += 1
+            raise CacheMiss({session_id: "no cache held to export"})
+        return s.snapshot()
+
+    def import_session(self, session_id: str, snapshot: SessionSnapshot) -> int:
+        """Start (or replace) the session from a replica's export; returns the positions it holds.
+
+        All or nothing: a snapshot that does not fit this store is a StepInputError
+        before anything changes. Otherwise it becomes the most recently used
+        session, and others (kept prompt blocks first) make room for it, as in `prepare`.
+        """
+        self._check_snapshot(snapshot)
+        self.expire()
+        session = SessionKV(*self._dims, self._dtype, self._device, self._output_width)
+        session.load_snapshot(snapshot)
+        self._discard(session_id)
+        self._sessions[session_id] = session  # a new key: at the LRU end
+        session.last_used = self._clock()
+        self._evict_for(0, protect={session_id})
+        return session.length
+
+    def _check_snapshot(self, snapshot: SessionSnapshot) -> None:
+        """Everything an import's sender controls, against this store's partition,
+        dtype and budget. The device is free: a snapshot off the wire is on the CPU,
+        and the session copies it onto the store's."""
+        n_layers, heads, head_dim = self._dims
+        n = snapshot.length
+        if not 1 <= n <= self.max_tokens:
+            raise StepInputError(f"a session of {n} positions: at least 1, at most {self.max_tokens} (the KV budget)")
+        if len(snapshot.kv) != n_layers:
+            raise StepInputError(f"K/V for {len(snapshot.kv)} layers: this partition has {n_layers}")
+        for layer, kv in enumerate(snapshot.kv):
+            self._check_tensor(f"layer {layer}'s K/V", kv, (2, heads, n, head_dim))
+        if (snapshot.outputs is not None) != bool(self._output_width):
+            raise StepInputError(
+                f"outputs [{n}, {self._output_width}] expected: this partition keeps them"
+                if self._output_width
+                else "outputs for a partition that keeps none (the last)"
+            )
+        if snapshot.outputs is not None:
+            self._check_tensor("outputs", snapshot.outputs, (n, self._output_width))
+
+    def _check_tensor(self, what: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(t.shape) != shape:
+            raise StepInputError(f"{what} must be {list(shape)}, got {list(t.shape)}")
+        if t.dtype != self._dtype:
+            raise StepInputError(f"{what} must be {self._dtype} (this node's dtype), got {t.dtype}")
 
     def drop(self, session_ids: Iterable[str]) -> int:
         return sum(self._discard(sid) for sid in session_ids)

@@ -57,6 +57,17 @@ class StepResult:
     partition_ms: list[float] = field(default_factory=list)  # a relayed step: each partition's compute, in order
 
 
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """One session's whole state on one node, for a replica of the same partition
+    to import (live migration): its committed positions only, as copies, so the
+    source may go on stepping (or rewinding) the session while they travel."""
+
+    length: int  # positions held
+    kv: list[torch.Tensor]  # per local layer: [2, heads, length, head_dim], keys then values
+    outputs: torch.Tensor | None  # [length, hidden_size] where the partition keeps its outputs (not the last), else None
+
+
 class NodeClient(Protocol):
     """A partition node as the coordinator's engine sees it."""
 
@@ -66,6 +77,16 @@ class NodeClient(Protocol):
     async def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
         """The output rows [start, end) the node kept for the session (not the last
         partition): the next partition's inputs, to rebuild its cache. CacheMiss if not kept."""
+        ...
+
+    async def export_session(self, session_id: str) -> SessionSnapshot:
+        """A copy of everything the node holds for the session; CacheMiss if it holds none."""
+        ...
+
+    async def import_session(self, session_id: str, snapshot: SessionSnapshot) -> int:
+        """Start (or replace) the session from another replica's export; returns the
+        positions it now holds (the snapshot's length). StepInputError if the
+        snapshot does not fit this node's partition, dtype, context or budget."""
         ...
 
 

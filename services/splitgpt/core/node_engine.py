@@ -1,4 +1,5 @@
-"""What a partition node does, without the transport: embed, step, release.
+"""What a partition node does, without the transport: embed, step, release, and a
+session's export to (and import from) a replica of its partition.
 
 The servicer turns protobuf into these calls; everything here is synchronous
 torch work that the shell runs on its own worker thread, never on the event loop.
@@ -20,7 +21,7 @@ import torch
 from .engine_observer import NO_NODE_OBSERVER, NodeStepObserver
 from .gpt2_partition import GPT2Partition
 from .kv_cache import KVCacheStore
-from .node_contract import SequenceStep, StepBatch, StepInputError, StepResult, WrongPartition
+from .node_contract import SequenceStep, SessionSnapshot, StepBatch, StepInputError, StepResult, WrongPartition
 from .prefix_cache import BLOCK_TOKENS, HASH_BYTES
 from .sampling import sample_with_alternatives
 
@@ -166,8 +167,7 @@ class NodeEngine:
         vocab = self.vocab_size
         seen = set()
         for s in batch.sequences:
-            if len(s.session_id) > MAX_SESSION_ID_CHARS:
-                raise StepInputError(f"session id of {len(s.session_id)} characters: at most {MAX_SESSION_ID_CHARS}")
+            _check_session_id(s.session_id)
             if s.session_id in seen:
                 raise StepInputError(f"session {s.session_id!r} appears twice in one step")
             seen.add(s.session_id)
@@ -199,9 +199,27 @@ class NodeEngine:
             raise StepInputError(f"outputs [{start}, {end}) outside the context [0, {self.n_ctx}]")
         return self.cache.outputs(session_id, start, end)
 
+    def export_session(self, session_id: str) -> SessionSnapshot:
+        """Live migration: a copy of the session's committed state here; CacheMiss if none is held."""
+        _check_session_id(session_id)
+        return self.cache.export(session_id)
+
+    def import_session(self, session_id: str, snapshot: SessionSnapshot) -> int:
+        """Start (or replace) the session from a replica's export: the next step, at
+        position `snapshot.length`, computes what it would have there. Returns the positions held."""
+        _check_session_id(session_id)
+        if snapshot.length > self.n_ctx:
+            raise StepInputError(f"a session of {snapshot.length} positions: the context holds {self.n_ctx}")
+        return self.cache.import_session(session_id, snapshot)
+
 
 MAX_SESSION_ID_CHARS = 512
 _thread_state = threading.local()  # the thread count each thread last set (_set_threads)
+
+
+def _check_session_id(session_id: str) -> None:
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise StepInputError(f"session id of {len(session_id)} characters: at most {MAX_SESSION_ID_CHARS}")
 
 
 def _check_prefix(s: SequenceStep, n_ctx: int) -> None:
@@ -240,6 +258,12 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def cpu_seconds() -> float:
+    """CPU time this process has used so far, user and system, all its threads."""
+    times = os.times()
+    return times.user + times.system
 
 
 def resident_bytes() -> int:

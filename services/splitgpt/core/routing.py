@@ -56,6 +56,11 @@ class Replica:
     open_until: float = 0.0  # circuit open (not routed to) until this monotonic time
     # Set while the replica is unusable, so steps waiting on it give up at once.
     down: DownEvent = field(default_factory=DownEvent)
+    # Node management: a cordoned replica takes no new sequence but keeps stepping
+    # those it has; a draining one is cordoned and its sequences move off it
+    # (their K/V transferred: core.engine, _migrate).
+    cordoned: bool = False
+    draining: bool = False
 
     def usable(self, now: float) -> bool:
         return self.status == "SERVING" and now >= self.open_until
@@ -92,7 +97,7 @@ class Router:
 
     def pick(self, partition: int, avoid: Replica | None = None) -> Replica:
         now = self.clock()
-        candidates = [r for r in self.of_partition(partition) if r.usable(now) and r is not avoid]
+        candidates = [r for r in self.of_partition(partition) if r.usable(now) and not r.cordoned and r is not avoid]
         if not candidates:
             raise NoHealthyReplica(partition)
         turn = next(self._turn[partition])
@@ -110,7 +115,7 @@ class Router:
 
     def ready(self) -> bool:
         now = self.clock()
-        return all(any(r.usable(now) for r in self.of_partition(p)) for p in range(self.num_partitions))
+        return all(any(r.usable(now) and not r.cordoned for r in self.of_partition(p)) for p in range(self.num_partitions))
 
     # -- what the engine and the health checker report --------------------------
 

@@ -9,7 +9,7 @@ thread: only plain attribute reads and list copies).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -20,8 +20,7 @@ from ..core.engine_observer import GenerationObserver
 from .metrics_http import process_registry
 
 if TYPE_CHECKING:
-    from ..core.engine import GenerationEngine
-    from ..core.routing import Router
+    from .served_models import ServedModels
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60, 120)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -32,15 +31,10 @@ FINISH_REASONS = ("eos", "length", "cancelled", "error")
 
 
 class CoordinatorMetrics(GenerationObserver):
-    def __init__(
-        self,
-        router: Router,
-        engine: Callable[[], GenerationEngine | None],
-        queue_capacity: int,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        """`engine`: the engine once the model is known, else None; `queue_capacity`:
-        what is reported until then (max_batch_size + max_queue)."""
+    def __init__(self, models: ServedModels, queue_capacity: int, registry: CollectorRegistry | None = None) -> None:
+        """`models`: every model's splits, whose engines (once their model is known) and
+        replicas are read at each scrape; `queue_capacity`: each engine's running + waiting
+        limit (max_batch_size + max_queue)."""
         self.registry = registry if registry is not None else process_registry("coordinator")
         r = self.registry
         self._batch_size = Histogram("splitgpt_coordinator_batch_size", "Sequences per iteration",
@@ -85,13 +79,19 @@ class CoordinatorMetrics(GenerationObserver):
         # Series that exist from the start, so rates and alerts see zeros rather than nothing.
         for reason in ("cache_miss", "moved", "step_failed"):
             self._replays.labels(reason)
-        for partition in range(router.num_partitions):
+        for partition in range(max(c.router.num_partitions for c in models.clusters())):
             self._rebuilt.labels(str(partition))
         for reason in ("overloaded", "tenant_share", "unavailable"):
             self._rejected.labels(reason)
         self._finished_by_reason = {reason: self._finished.labels(reason) for reason in FINISH_REASONS}
         self._step_by_replica: dict[tuple[int, str], Histogram] = {}
-        r.register(_CoordinatorState(router, engine, queue_capacity))
+        self._migrations = Counter("splitgpt_coordinator_migrations_total",
+                                   "Sequences moved off a draining replica: K/V transferred, or rebuilt on the target",
+                                   ["partition", "outcome"], registry=r)  # fmt: skip
+        self._migration_pause = Histogram("splitgpt_coordinator_migration_pause_seconds",
+                                          "How long a sequence moved off a draining replica did not step",
+                                          buckets=STEP_BUCKETS, registry=r)  # fmt: skip
+        r.register(_CoordinatorState(models, queue_capacity))
 
     # GenerationObserver: on the event loop.
     def admitted(self, prompt_tokens: int) -> None:
@@ -122,6 +122,11 @@ class CoordinatorMetrics(GenerationObserver):
         if reused_tokens:
             self._prefix_reused.inc(reused_tokens)
 
+    def migrated(self, partition: int, seconds: float, transferred: bool) -> None:
+        self._migrations.labels(str(partition), "transferred" if transferred else "rebuilt").inc()
+        if transferred:
+            self._migration_pause.observe(seconds)
+
     def failover(self, partition: int, node_id: str) -> None:
         self._failovers.labels(str(partition), node_id).inc()
 
@@ -143,22 +148,25 @@ class CoordinatorMetrics(GenerationObserver):
 
 
 class _CoordinatorState(Collector):
-    def __init__(self, router: Router, engine: Callable[[], GenerationEngine | None], queue_capacity: int) -> None:
-        self.router, self.engine, self.queue_capacity = router, engine, queue_capacity
+    def __init__(self, models: ServedModels, queue_capacity: int) -> None:
+        self.models, self.queue_capacity = models, queue_capacity
 
     def collect(self) -> Iterator[Metric]:
-        engine = self.engine()
+        splits = list(self.models.splits())
+        engines = [s.engine for _, s in splits if s.engine is not None]
         for name, documentation, value in (
-            ("splitgpt_coordinator_requests_running", "Sequences in the running batch", engine.sequences_running if engine else 0),
-            ("splitgpt_coordinator_requests_waiting", "Sequences queued for a lane", engine.sequences_waiting if engine else 0),
-            ("splitgpt_coordinator_queue_capacity", "Running + waiting beyond which requests get 429",
-             engine.queue_capacity if engine else self.queue_capacity),
+            ("splitgpt_coordinator_requests_running", "Sequences in the running batch", sum(e.sequences_running for e in engines)),
+            ("splitgpt_coordinator_requests_waiting", "Sequences queued for a lane", sum(e.sequences_waiting for e in engines)),
+            ("splitgpt_coordinator_queue_capacity", "Running + waiting beyond which requests get 429 (per model)",
+             self.queue_capacity),
         ):  # fmt: skip
             yield GaugeMetricFamily(name, documentation, value=value)
         healthy = GaugeMetricFamily(
             "splitgpt_coordinator_replica_healthy", "1 while the replica is usable (probe SERVING, circuit closed)",
-            labels=["partition", "node"],
+            labels=["partition", "node", "model"],
         )  # fmt: skip
-        for replica in list(self.router.replicas):
-            healthy.add_metric([str(replica.partition), replica.node_id], 1.0 if self.router.usable(replica) else 0.0)
+        for model, split in splits:
+            router = split.cluster.router
+            for replica in list(router.replicas):
+                healthy.add_metric([str(replica.partition), replica.node_id, model.name], 1.0 if router.usable(replica) else 0.0)
         yield healthy

@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ..core.cluster_config import ClusterConfig
+from ..core.cluster_config import ClusterConfig, ModelConfig
 from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
 from ..core.engine_observer import NO_GENERATION_OBSERVER, GenerationObserver
 from ..core.prefix_cache import PrefixIndex
+from ..core.routing import Replica
 from ..logs import configure
 from ..rpc import coordinator_pb2, coordinator_pb2_grpc
 from .cli_settings import settings_from_cli
@@ -30,6 +32,7 @@ from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 from .metrics_http import MetricsPortError, serve_metrics
 from .relay_client import RelayClient
+from .served_models import ServedModel, ServedModels, Split, entries
 
 log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
@@ -78,41 +81,56 @@ def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTimi
     return [coordinator_pb2.PartitionTiming(partition=t.partition, node_id=t.node_id, ms=t.ms) for t in items]
 
 
+def engine_factory(settings: CoordinatorSettings, observer: Callable[[], GenerationObserver]):
+    """What builds a split's engine once its model is known (from its last partition's Info)."""
+
+    def make(cluster: Cluster) -> GenerationEngine:
+        m = cluster.model
+        return GenerationEngine(
+            cluster.router,
+            cluster.client_for,
+            eos_token_id=m.eos_token_id,
+            n_ctx=m.n_ctx,
+            vocab_size=m.vocab_size,
+            max_batch_size=settings.max_batch_size,
+            micro_batches=settings.micro_batches or None,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            max_queue=settings.max_queue,
+            max_tenant_share=settings.max_tenant_share,
+            unavailable_grace_s=settings.unavailable_grace_s,
+            observer=observer(),
+            relay=RelayClient() if settings.relay else None,
+            prefix_index=PrefixIndex() if settings.prefix_cache else None,
+        )
+
+    return make
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(
-        self, cluster: Cluster, settings: CoordinatorSettings, observer: GenerationObserver = NO_GENERATION_OBSERVER
+        self, models: ServedModels, settings: CoordinatorSettings, observer: GenerationObserver = NO_GENERATION_OBSERVER
     ) -> None:
-        self.cluster = cluster
+        self.models = models
         self.settings = settings
         self.observer = observer
-        self.engine: GenerationEngine | None = None  # built once the model is known
 
-    def _engine(self) -> GenerationEngine | None:
-        if self.engine is None and self.cluster.model is not None:
-            m = self.cluster.model
-            self.engine = GenerationEngine(
-                self.cluster.router,
-                self.cluster.client_for,
-                eos_token_id=m.eos_token_id,
-                n_ctx=m.n_ctx,
-                vocab_size=m.vocab_size,
-                max_batch_size=self.settings.max_batch_size,
-                micro_batches=self.settings.micro_batches or None,
-                prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
-                max_queue=self.settings.max_queue,
-                max_tenant_share=self.settings.max_tenant_share,
-                unavailable_grace_s=self.settings.unavailable_grace_s,
-                observer=self.observer,
-                relay=RelayClient() if self.settings.relay else None,
-                prefix_index=PrefixIndex() if self.settings.prefix_cache else None,
-            )
-        return self.engine
+    @property
+    def cluster(self) -> Cluster:
+        """The default model's current split (what a single-model cluster is)."""
+        return self.models.default.current().cluster
+
+    @property
+    def engine(self) -> GenerationEngine | None:
+        return self.models.default.current().engine
 
     async def Generate(self, request, context):
-        engine = self._engine()
+        model = self.models.get(request.model)
+        engine = self.models.engine(model.current())
         if engine is None:
             self.observer.rejected("unavailable")
-            raise GenerationError("unavailable", "the cluster is still starting: no partition node is SERVING yet")
+            raise GenerationError(
+                "unavailable", f"model {model.name} is still starting: none of its last-partition nodes is SERVING yet"
+            )
         req = GenerationRequest(
             request_id=request.request_id,
             prompt_ids=list(request.prompt_ids),
@@ -122,6 +140,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             ignore_eos=request.ignore_eos,
             tenant=request.tenant,
         )
+        if any(e.holds(req.request_id) for e in self.models.engines() if e is not engine):
+            raise GenerationError("invalid", f"request id {req.request_id!r} is already running")
         # aclosing: a client that goes away closes the engine's stream, which
         # cancels the sequence and frees its caches on every node.
         async with contextlib.aclosing(engine.generate(req)) as events:
@@ -148,75 +168,144 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         )
                     )
 
-    async def GetModelInfo(self, request, context):
-        m = self.cluster.model
+    def _model_info(self, model: ServedModel) -> coordinator_pb2.ModelInfo | None:
+        split = model.current()
+        m = split.cluster.model
         if m is None:
-            raise GenerationError("unavailable", "the model is not known yet: no last-partition node is SERVING")
+            return None
         return coordinator_pb2.ModelInfo(
             model_id=m.model_id,
             n_ctx=m.n_ctx,
             vocab_size=m.vocab_size,
             eos_token_id=m.eos_token_id,
             n_layer=m.n_layer,
-            num_partitions=self.cluster.config.num_partitions,
+            num_partitions=split.cluster.config.num_partitions,
+            name=model.name,
+            ready=model.ready(),
+            hidden_size=m.hidden_size,
+            split_generation=split.generation,
         )
 
+    async def GetModelInfo(self, request, context):
+        model = self.models.get(request.model)
+        info = self._model_info(model)
+        if info is None:
+            raise GenerationError("unavailable", f"model {model.name} is not known yet: no last-partition node is SERVING")
+        return info
+
+    async def ListModels(self, request, context):
+        listed = []
+        for model in self.models.models.values():
+            info = self._model_info(model)
+            if info is None:  # not known yet: listed by name, not ready
+                split = model.current()
+                info = coordinator_pb2.ModelInfo(
+                    name=model.name, model_id=split.cluster.config.model or self.settings.model_id,
+                    num_partitions=split.cluster.config.num_partitions, split_generation=split.generation,
+                )  # fmt: skip
+            listed.append(info)
+        return coordinator_pb2.ModelList(models=listed)
+
+    def _node_state(self, model: ServedModel, split: Split, r: Replica) -> coordinator_pb2.NodeState:
+        start, end = r.layers or (0, 0)
+        memory = split.cluster.memory(r.node_id)
+        return coordinator_pb2.NodeState(
+            id=r.node_id, address=r.address, partition=r.partition, start_block=start, end_block=end,
+            status=r.status, in_flight=r.in_flight, latency_ewma_ms=r.latency_ewma_ms,
+            consecutive_failures=r.consecutive_failures, circuit=r.circuit,
+            weight_bytes=memory.weight_bytes, resident_bytes=memory.resident_bytes,
+            model=model.name, num_partitions=split.cluster.config.num_partitions, split_generation=split.generation,
+            cordoned=r.cordoned, draining=r.draining, lifecycle=split.cluster.lifecycle(r),
+            cpu_percent=memory.cpu_percent, kv_tokens=memory.kv_tokens, kv_max_tokens=memory.kv_max_tokens,
+            sequences=split.engine.sequences_on(r) if split.engine else 0,
+        )  # fmt: skip
+
     async def GetCluster(self, request, context):
-        nodes = []
-        for r in self.cluster.router.replicas:
-            start, end = r.layers or (0, 0)
-            memory = self.cluster.memory(r.node_id)
-            nodes.append(
-                coordinator_pb2.NodeState(
-                    id=r.node_id, address=r.address, partition=r.partition, start_block=start, end_block=end,
-                    status=r.status, in_flight=r.in_flight, latency_ewma_ms=r.latency_ewma_ms,
-                    consecutive_failures=r.consecutive_failures, circuit=r.circuit,
-                    weight_bytes=memory.weight_bytes, resident_bytes=memory.resident_bytes,
-                )
-            )  # fmt: skip
-        model_id = self.cluster.model.model_id if self.cluster.model else (self.cluster.config.model or self.settings.model_id)
-        return coordinator_pb2.ClusterState(model_id=model_id, nodes=nodes)
+        nodes = [self._node_state(m, s, r) for m, s in self.models.splits() for r in s.cluster.router.replicas]
+        default = self.models.default.current().cluster
+        model_id = default.model.model_id if default.model else (default.config.model or self.settings.model_id)
+        listed = await self.ListModels(request, context)
+        return coordinator_pb2.ClusterState(model_id=model_id, nodes=nodes, models=listed.models)
 
     async def ListTasks(self, request, context):
-        tasks = self.engine.tasks() if self.engine else []
-        return coordinator_pb2.TaskList(tasks=[coordinator_pb2.Task(**t) for t in tasks])
+        tasks = []
+        for model, split in self.models.splits():
+            if split.engine is not None:
+                tasks += [coordinator_pb2.Task(**t, model=model.name) for t in split.engine.tasks()]
+        return coordinator_pb2.TaskList(tasks=tasks)
 
     async def CancelTask(self, request, context):
-        cancelled = bool(self.engine and self.engine.cancel(request.request_id))
+        cancelled = any(e.cancel(request.request_id) for e in self.models.engines())
         return coordinator_pb2.CancelTaskResponse(cancelled=cancelled)
+
+    async def RegisterNode(self, request, context):
+        return self._node_state(*await self.models.register(request.model, request.node_id, request.address))
+
+    async def CordonNode(self, request, context):
+        return self._node_state(*self.models.cordon(request.node_id))
+
+    async def UncordonNode(self, request, context):
+        return self._node_state(*self.models.cordon(request.node_id, cordoned=False))
+
+    async def RemoveNode(self, request, context):
+        return self._node_state(*self.models.remove(request.node_id))
+
+    async def DrainNode(self, request, context):
+        outcome = await self.models.drain(request.node_id, request.timeout_s)
+        return coordinator_pb2.DrainReport(
+            node_id=outcome.node_id, moved=outcome.progress.moved, recomputed=outcome.progress.recomputed,
+            pause_ms=outcome.progress.pause_ms, removed=outcome.removed,
+        )  # fmt: skip
+
+    async def Rollout(self, request, context):
+        try:
+            config = ModelConfig(
+                num_partitions=request.num_partitions, split=request.split or "even", nodes=entries(request.nodes)
+            )
+        except ValueError as exc:
+            raise GenerationError("invalid", f"rollout: {exc}") from None
+        split, retiring = await self.models.rollout(request.model, config, request.timeout_s)
+        return coordinator_pb2.RolloutReport(
+            model=self.models.get(request.model).name, split_generation=split.generation,
+            num_partitions=config.num_partitions, retiring=retiring,
+        )  # fmt: skip
 
 
 async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task]:
     config = ClusterConfig.load(settings.cluster_config)
     security = InternalSecurity.from_settings(settings)  # serves with it, and calls the nodes with it
-    cluster = Cluster(config, settings, security)
     server = GrpcServer(SERVICE_NAME, settings.host, settings.port, security)
-    servicer = CoordinatorServicer(cluster, settings)
-    metrics = CoordinatorMetrics(cluster.router, lambda: servicer.engine, settings.max_batch_size + settings.max_queue)
-    servicer.observer = metrics
-    metrics_server = serve_metrics(metrics.registry, settings.metrics_host or settings.host, settings.metrics_port, "coordinator")
+    metrics: list[CoordinatorMetrics] = []
+    models = ServedModels(config, settings, security, engine_factory(settings, lambda: metrics[0]))
+    servicer = CoordinatorServicer(models, settings)
+    metrics.append(CoordinatorMetrics(models, settings.max_batch_size + settings.max_queue))
+    servicer.observer = metrics[0]
+    metrics_server = serve_metrics(
+        metrics[0].registry, settings.metrics_host or settings.host, settings.metrics_port, "coordinator"
+    )
     if metrics_server is not None:
         server.on_stop.append(metrics_server.close)
     server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer)
     await server.start()
-    log.info(
-        "coordinator on %s:%d, %d nodes in %d partitions", settings.host, server.port, len(config.nodes), config.num_partitions
-    )
+    for name, model in models.models.items():
+        split = model.current().cluster.config
+        log.info("model %s: %d nodes in %d partitions", name, len(split.nodes), split.num_partitions)
+    log.info("coordinator on %s:%d, %d models", settings.host, server.port, len(models.models))
 
     async def follow_health() -> None:
-        watcher = asyncio.create_task(cluster.watch())
+        watcher = asyncio.create_task(models.watch())
         serving = False
         try:
             while True:
-                await cluster.changed.wait()
-                cluster.changed.clear()
-                if cluster.ready() != serving:
-                    serving = cluster.ready()
+                await models.changed.wait()
+                models.changed.clear()
+                if models.ready() != serving:
+                    serving = models.ready()
                     await server.set_serving(serving)
-                    log.info("cluster %s", "ready: every partition has a SERVING node" if serving else "NOT ready")
+                    log.info("cluster %s", "ready: every model's partitions have a SERVING node" if serving else "NOT ready")
         finally:
             watcher.cancel()
-            await cluster.close()
+            await models.close()
 
     return server, asyncio.create_task(follow_health(), name="health")
 

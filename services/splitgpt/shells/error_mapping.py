@@ -50,6 +50,8 @@ STATUS_FOR_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 STATUS_FOR_GENERATION_KIND: dict[str, grpc.StatusCode] = {
     "invalid": Code.INVALID_ARGUMENT,
+    "not_found": Code.NOT_FOUND,  # a model or node name the coordinator does not know
+    "conflict": Code.FAILED_PRECONDITION,  # node management that the cluster's state refuses
     "overloaded": Code.RESOURCE_EXHAUSTED,
     "unavailable": Code.UNAVAILABLE,
     "internal": Code.INTERNAL,

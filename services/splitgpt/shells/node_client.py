@@ -1,17 +1,20 @@
 """`core.node_contract.NodeClient` over gRPC: one channel per node, a deadline on every call.
 
 Steps travel over one long-lived StepStream per node (`step_stream.StepStream`),
-the rest as unary calls. A failed call or step raises the contract's exceptions
-(CacheMiss, StepInputError, NodeFailed), mapped from its status in one place:
-`error_mapping.error_from_status`.
+a session's export and import as streams of chunks (`session_chunks` and
+`SnapshotReader`, which the node uses too), the rest as unary calls. A failed
+call or step raises the contract's exceptions (CacheMiss, StepInputError,
+NodeFailed), mapped from its status in one place: `error_mapping.error_from_status`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import torch
 
-from ..core.node_contract import StepBatch, StepResult
+from ..core.node_contract import SessionSnapshot, StepBatch, StepInputError, StepResult
 from ..rpc import node_pb2, node_pb2_grpc
 from .convert import fill_tensor, sampling_to_proto, tensor_from_proto
 from .error_mapping import error_from_status
@@ -51,6 +54,21 @@ class GrpcNodeClient:
     async def outputs(self, session_id: str, start: int, end: int) -> torch.Tensor:
         request = node_pb2.ReadOutputsRequest(session_id=session_id, start=start, end=end)
         return tensor_from_proto((await self._call(self.stub.ReadOutputs, request)).hidden)
+
+    async def export_session(self, session_id: str) -> SessionSnapshot:
+        call = self.stub.ExportSession(
+            node_pb2.ExportSessionRequest(session_id=session_id), timeout=self.timeout_s, metadata=self._metadata
+        )
+        reader = SnapshotReader()
+        try:
+            async for chunk in call:
+                reader.add(chunk)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details(), self.address) from exc
+        return reader.snapshot()[1]
+
+    async def import_session(self, session_id: str, snapshot: SessionSnapshot) -> int:
+        return (await self._call(self.stub.ImportSession, session_chunks(session_id, snapshot))).length
 
     async def _call(self, method, request, timeout_s: float | None = None):
         try:
@@ -92,3 +110,65 @@ def result_from_reply(reply: node_pb2.StepResponse) -> StepResult:
         next_input=tensor_from_proto(reply.next_input) if reply.HasField("next_input") else None,
         partition_ms=list(reply.relay_compute_ms),
     )
+
+
+def session_chunks(session_id: str, snapshot: SessionSnapshot) -> Iterator[node_pb2.SessionChunk]:
+    """A session as its export streams it: each layer's K/V, then the kept outputs.
+    Each chunk is encoded when it is asked for: one layer's megabytes at a time."""
+    header = {"session_id": session_id, "length": snapshot.length, "layers": len(snapshot.kv)}
+    for layer, kv in enumerate(snapshot.kv):
+        chunk = node_pb2.SessionChunk(layer=layer, **header)
+        fill_tensor(chunk.kv, kv)
+        yield chunk
+    if snapshot.outputs is not None:
+        chunk = node_pb2.SessionChunk(**header)
+        fill_tensor(chunk.outputs, snapshot.outputs)
+        yield chunk
+
+
+class SnapshotReader:
+    """A session's chunks, in any order, into (session id, SessionSnapshot).
+
+    A stream that is not one session's whole export is a StepInputError
+    (INVALID_ARGUMENT): chunks that disagree on the session, its length or its
+    layer count, a layer outside that count or sent twice, outputs twice, a
+    chunk with neither, a layer missing at the end. Every chunk fills a place
+    of its own, so a stream holds at most `layers` + 1 of them; `layers` is the
+    count the receiver serves (a node), or None to take the stream's (a client
+    reading its node's export).
+    """
+
+    def __init__(self, layers: int | None = None) -> None:
+        self._layers = layers
+        self._header: tuple[str, int, int] | None = None  # session id, length, layers: the first chunk's
+        self._kv: dict[int, torch.Tensor] = {}
+        self._outputs: torch.Tensor | None = None
+
+    def add(self, chunk: node_pb2.SessionChunk) -> None:
+        header = (chunk.session_id, chunk.length, chunk.layers)
+        if self._header is None:
+            if self._layers is not None and chunk.layers != self._layers:
+                raise StepInputError(f"a session of {chunk.layers} layers: this partition has {self._layers}")
+            self._header = header
+        elif header != self._header:
+            raise StepInputError(f"chunks disagree on (session, length, layers): {self._header} then {header}")
+        has_kv, has_outputs = chunk.HasField("kv"), chunk.HasField("outputs")
+        if not has_kv and not has_outputs:
+            raise StepInputError("a session chunk with neither K/V nor outputs")
+        if has_kv:
+            if chunk.layer >= chunk.layers or chunk.layer in self._kv:
+                raise StepInputError(f"layer {chunk.layer}'s K/V outside [0, {chunk.layers}) or sent twice")
+            self._kv[chunk.layer] = tensor_from_proto(chunk.kv)
+        if has_outputs:
+            if self._outputs is not None:
+                raise StepInputError("outputs sent twice")
+            self._outputs = tensor_from_proto(chunk.outputs)
+
+    def snapshot(self) -> tuple[str, SessionSnapshot]:
+        if self._header is None:
+            raise StepInputError("an import of no chunks")
+        session_id, length, layers = self._header
+        if len(self._kv) != layers:  # each key is a distinct layer below `layers`
+            missing = next(i for i in range(layers) if i not in self._kv)
+            raise StepInputError(f"K/V for {len(self._kv)} of {layers} layers: layer {missing} is missing")
+        return session_id, SessionSnapshot(length, [self._kv[i] for i in range(layers)], self._outputs)

@@ -26,7 +26,7 @@ from ..core.gpt2_partition import GPT2Partition
 from ..core.linear_kernels import decode_copy_helps, resolve_kernels
 from ..core.memory_plan import Geometry, check_budget, parse_bytes, wants_decode_copy
 from ..core.node_contract import NodeNotReady, SequenceStep, StepBatch
-from ..core.node_engine import NodeEngine, ThreadBudget, resident_bytes, return_freed_memory
+from ..core.node_engine import NodeEngine, ThreadBudget, cpu_seconds, resident_bytes, return_freed_memory
 from ..core.partitioning import PartitionError, resolve_split
 from ..core.sampling import SamplingSpec
 from ..logs import configure
@@ -38,6 +38,7 @@ from .grpc_runtime import SERVICE_RECEIVE_BYTES, GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 from .main_thread import MainThreadExecutor, SignalRelay
 from .metrics_http import MetricsPortError, serve_metrics
+from .node_client import SnapshotReader, session_chunks
 from .node_metrics import NodeMetrics
 from .relay import Listeners, PeerLinks, PeerUnreachable, StreamWriter
 
@@ -185,6 +186,9 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
             cached_tokens=self.engine.cache.cached_tokens,
             resident_bytes=resident_bytes(),
             eos_token_id=p.config.eos_token_id,
+            kv_max_tokens=self.engine.cache.max_tokens,
+            cpu_seconds=cpu_seconds(),
+            queued_calls=self._queued,
         )
 
     async def Embed(self, request, context):
@@ -318,6 +322,23 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         rows = await self._run(self.engine.outputs, request.session_id, request.start, request.end)
         return node_pb2.ReadOutputsResponse(hidden=tensor_to_proto(rows))
 
+    async def ExportSession(self, request, context):
+        """The session's copy, taken on the torch thread between steps; each chunk (a
+        layer's K/V is megabytes) is encoded there too, one at a time as the stream drains."""
+        snapshot = await self._run(self.engine.export_session, request.session_id)
+        chunks = session_chunks(request.session_id, snapshot)
+        while (chunk := await self._run(next, chunks, None)) is not None:
+            yield chunk
+
+    async def ImportSession(self, request_iterator, context):
+        """Read and check the stream as it arrives (SnapshotReader bounds it to this
+        partition's layers + 1 chunks), then load the session on the torch thread."""
+        reader = SnapshotReader(self.engine.partition.n_local_layers)
+        async for chunk in request_iterator:
+            reader.add(chunk)
+        session_id, snapshot = reader.snapshot()
+        return node_pb2.ImportSessionResponse(length=await self._run(self.engine.import_session, session_id, snapshot))
+
 
 # Hidden states travel as float32 at most (core.tensors).
 WIRE_BYTES_PER_VALUE = 4
@@ -326,9 +347,12 @@ WIRE_BYTES_PER_VALUE = 4
 def node_receive_limit(settings: NodeSettings) -> int:
     """The largest message this node accepts: the hidden rows of the largest
     step its KV budget admits (a step cannot add more positions than the cache
-    holds), plus room for the ids, hashes and sampling beside them."""
-    n_embd = load_config(resolve_model_dir(settings.model_id)).n_embd
-    return settings.kv_max_tokens * n_embd * WIRE_BYTES_PER_VALUE + SERVICE_RECEIVE_BYTES
+    holds), or, with a budget under two contexts, an imported session's largest
+    chunk (one layer's keys and values at its longest), plus room for the ids,
+    hashes and sampling beside them."""
+    config = load_config(resolve_model_dir(settings.model_id))
+    rows = max(settings.kv_max_tokens, 2 * min(settings.kv_max_tokens, config.n_positions))
+    return rows * config.n_embd * WIRE_BYTES_PER_VALUE + SERVICE_RECEIVE_BYTES
 
 
 async def start(settings: NodeSettings, executor: Executor | None = None) -> GrpcServer:

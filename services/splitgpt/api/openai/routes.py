@@ -74,8 +74,8 @@ def openai_router(served_model_name: str | None, fan_out: FanOut) -> APIRouter:
 
     @router.get("/models", response_model=ModelList, responses=errors(500, 502, 503, 504))
     async def models(generation: Generation) -> ModelList:
-        """The served model, with its partitions under `splitgpt`."""
-        return ModelList(data=[await serving(generation).model_card()])
+        """Every served model, the default first, each with its partitions under `splitgpt`."""
+        return ModelList(data=await serving(generation).model_cards())
 
     @router.get("/models/{model_id:path}", response_model=ModelCard, responses=errors(404, 500, 502, 503, 504))
     async def model(model_id: str, generation: Generation) -> ModelCard:

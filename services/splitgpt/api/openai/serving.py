@@ -18,7 +18,7 @@ from .. import context_limits
 from ..cached_result import TextDelta
 from ..errors import ApiError
 from ..generation import Done, GenerationService
-from ..schemas import ProcessRequest
+from ..schemas import ClusterResponse, ModelInfo, ProcessRequest
 from .protocol import (
     ChatCompletionRequest,
     CompletionChoice,
@@ -78,26 +78,44 @@ class OpenAIServing:
     def __init__(self, generation: GenerationService, served_model_name: str | None) -> None:
         self.generation = generation
         self.backends = generation.backends
-        self.served_model_name = served_model_name
+        self.served_model_name = served_model_name  # the default model's name here, when set
+        self.model: str | None = None  # the coordinator's name of the model asked for (check_model); None: the default
 
     # -- models ---------------------------------------------------------------
 
-    async def model_name(self) -> str:
-        return self.served_model_name or (await self.backends.model_info()).model_id
+    def display_name(self, info: ModelInfo, default: bool) -> str:
+        return (self.served_model_name if default else None) or info.name or info.model_id
 
     async def check_model(self, name: str) -> str:
-        """The served name if `name` is it (or the checkpoint's id, or its basename); else 404."""
-        served = await self.model_name()
-        model_id = (await self.backends.model_info()).model_id
-        if name not in {served, model_id, model_id.rstrip("/").rsplit("/", 1)[-1]}:
-            raise ApiError(404, "model_not_found", f"the model `{name}` does not exist: this server serves `{served}`", "model")
-        return served
+        """Route to the model `name` calls (its name, its checkpoint's id or that id's
+        basename; the default model also by SPLITGPT_API_SERVED_MODEL_NAME) and return the
+        name responses carry; 404 `model_not_found`, listing the served names, for any other."""
+        models = await self.backends.models()
+        for i, info in enumerate(models):
+            shown = self.display_name(info, i == 0)
+            if name in {shown, info.name, info.model_id, info.model_id.rstrip("/").rsplit("/", 1)[-1]}:
+                self.model = info.name
+                return shown
+        served = ", ".join(f"`{self.display_name(m, i == 0)}`" for i, m in enumerate(models))
+        raise ApiError(404, "model_not_found", f"the model `{name}` does not exist: this server serves {served}", "model")
+
+    async def model_cards(self) -> list[ModelCard]:
+        models = await self.backends.models()
+        cluster = await self.backends.cluster()
+        return [self._card(info, i == 0, cluster) for i, info in enumerate(models)]
 
     async def model_card(self) -> ModelCard:
-        info = await self.backends.model_info()
+        """The card of the model check_model chose."""
+        models = await self.backends.models()
         cluster = await self.backends.cluster()
+        index = next((i for i, m in enumerate(models) if m.name == self.model), 0)
+        return self._card(models[index], index == 0, cluster)
+
+    def _card(self, info: ModelInfo, default: bool, cluster: ClusterResponse) -> ModelCard:
         parts: dict[int, PartitionCard] = {}
         for node in cluster.nodes:
+            if node.model and node.model != info.name:
+                continue
             card = parts.setdefault(
                 node.partition, PartitionCard(partition=node.partition, layers=None, nodes=[], serving=0, replicas=[])
             )
@@ -108,7 +126,7 @@ class OpenAIServing:
             card.layers = card.layers or node.layers
             card.serving += node.status == "SERVING"
         return ModelCard(
-            id=await self.model_name(),
+            id=self.display_name(info, default),
             created=int(time.time()),
             root=info.model_id,
             max_model_len=info.n_ctx,
@@ -145,7 +163,7 @@ class OpenAIServing:
         return await self._choices(request, prompts)
 
     async def _prompts(self, prompt) -> list[Prompt]:
-        model = await self.backends.model_info()
+        model = await self.backends.model_info(self.model)
         if isinstance(prompt, str):
             prompt = [prompt]
         elif prompt and isinstance(prompt[0], int):
@@ -162,7 +180,7 @@ class OpenAIServing:
         return out
 
     async def _choices(self, request, prompts: list[Prompt]) -> list[Choice]:
-        model = await self.backends.model_info()
+        model = await self.backends.model_info(self.model)
         n = request.n or 1
         temperature = 1.0 if request.temperature is None else request.temperature
         choices = []
@@ -173,6 +191,7 @@ class OpenAIServing:
             for j in range(n):
                 body = ProcessRequest(
                     text=prompt.text or "<token ids>",
+                    model=self.model,
                     max_tokens=max_tokens,
                     min_tokens=request.min_tokens,
                     temperature=temperature,
