@@ -9,8 +9,11 @@
 // script asks its caller, on stdout/stdin, to kill -9 a replica ("E2E KILL
 // <id>", answered with one line "ok"); the page must mark it down, then up
 // once `splitgpt up` has started it again. Then a long generation
-// is stopped with Stop, and must end on the cluster too. Screenshots go to
-// SCREENSHOT_DIR at desktop (1280x900) and phone (390x844) widths.
+// is stopped with Stop, and must end on the cluster too. The model picker must
+// list the API's models; with SECOND_MODEL the prompt goes to that model and must
+// stream EXPECTED_SECOND_TEXT, on that model's own chain. With CORDON_NODE a
+// Cordon click must turn that replica's badge to cordoned, and Uncordon back.
+// Screenshots go to SCREENSHOT_DIR at desktop (1280x900) and phone (390x844) widths.
 
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,6 +29,9 @@ const FAILOVER = process.env.E2E_FAILOVER === "1";
 const KILL_NODE = process.env.KILL_NODE ?? "part1-r0";
 const LONG_MAX_TOKENS = process.env.LONG_MAX_TOKENS ?? "900";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SECOND_MODEL = process.env.SECOND_MODEL;
+const EXPECTED_SECOND_TEXT = process.env.EXPECTED_SECOND_TEXT;
+const CORDON_NODE = process.env.CORDON_NODE;
 
 function required(name) {
   const value = process.env[name];
@@ -78,6 +84,23 @@ async function waitHealth(page, id, health, timeoutMs) {
   );
 }
 
+async function waitLifecycle(page, id, lifecycles, timeoutMs) {
+  await page.waitForFunction(
+    ([i, l]) => l.includes(document.querySelector(`[data-testid="replica-${i}"]`)?.getAttribute("data-lifecycle")),
+    [id, lifecycles],
+    { timeout: timeoutMs, polling: 100 },
+  );
+}
+
+async function waitFinished(page) {
+  await page.waitForFunction(() => /streaming|finished/.test(document.querySelector('[data-testid="generation-status"]')?.textContent ?? ""), null, {
+    timeout: 10000,
+  });
+  await page.waitForFunction(() => document.querySelector('[data-testid="generation-status"]')?.textContent?.startsWith("finished"), null, {
+    timeout: 60000,
+  });
+}
+
 async function run(page) {
   const consoleErrors = [];
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
@@ -107,9 +130,29 @@ async function run(page) {
     const memory = await page.getByTestId(`memory-${node.id}`).textContent();
     check(/^weights [\d.]+ [kMGT]?B · RSS [\d.]+ [kMGT]?B$/.test(memory), `${node.id} shows its memory: ${memory}`);
   }
-  const nLayer = Math.max(...nodes.map((n) => n.layers[1]));
-  check((await page.locator(".layer-cell").count()) === nLayer + 2, `the block bar has ${nLayer} blocks + emb + head`);
-  step(`cluster: ${nodes.length} replicas drawn, ${nLayer} blocks`);
+  // Each model's chain drawn apart, in the API's order (the default first): its own block bar, its own replicas.
+  const models = (await apiJson(page, "/api/models")).body.models;
+  const groups = await page.locator(".model-group").evaluateAll((els) => els.map((el) => el.getAttribute("data-model")));
+  check(JSON.stringify(groups) === JSON.stringify(models.map((m) => m.name)), `one group per model, in order: ${groups}`);
+  for (const model of models) {
+    const group = page.locator(".model-group").nth(groups.indexOf(model.name));
+    const cells = await group.locator(".layer-cell").count();
+    check(cells === model.n_layer + 2, `${model.name}: the block bar has ${model.n_layer} blocks + emb + head (${cells})`);
+    const drawn = (await group.locator(".replica").evaluateAll((els) => els.map((el) => el.dataset.testid))).sort();
+    const served = nodes.filter((n) => n.model === model.name).map((n) => `replica-${n.id}`).sort();
+    check(JSON.stringify(drawn) === JSON.stringify(served), `${model.name}'s group holds its own replicas: ${drawn}`);
+    const badges = await group.locator(".lifecycle").allTextContents();
+    check(badges.every((b) => b === "online"), `${model.name}'s replicas are online: ${badges}`);
+  }
+  // The model picker: the same models, the default first, marked, and sent without a name.
+  const options = await page.locator("select#model option").evaluateAll((els) => els.map((o) => [o.value, o.textContent]));
+  check(options.length === models.length, `the picker lists every model: ${JSON.stringify(options)}`);
+  check(options[0][0] === "" && options[0][1].endsWith("(default)"), `the default first, marked: ${JSON.stringify(options[0])}`);
+  for (const [i, model] of models.entries()) {
+    if (i > 0) check(options[i][0] === model.name, `option ${i} is ${model.name}: ${JSON.stringify(options[i])}`);
+    check(options[i][1].includes("not ready") === !model.ready, `${model.name}'s readiness shown: ${options[i][1]}`);
+  }
+  step(`cluster: ${nodes.length} replicas of ${models.length} models drawn; picker lists ${options.map((o) => o[1]).join(", ")}`);
 
   // The API docs link works through the page's own origin.
   check((await page.getByRole("link", { name: "API docs" }).getAttribute("href")) === "/docs", "the API docs link");
@@ -145,12 +188,7 @@ async function run(page) {
   await prompt.fill(PROMPT);
   await page.getByRole("button", { name: "Process Input" }).click();
   const status = page.getByTestId("generation-status");
-  await page.waitForFunction(() => /streaming|finished/.test(document.querySelector('[data-testid="generation-status"]')?.textContent ?? ""), null, {
-    timeout: 10000,
-  });
-  await page.waitForFunction(() => document.querySelector('[data-testid="generation-status"]')?.textContent?.startsWith("finished"), null, {
-    timeout: 60000,
-  });
+  await waitFinished(page);
   const text = await page.getByTestId("generated-text").textContent();
   step(`streamed ${JSON.stringify(text.slice(0, 60))}… (${await status.textContent()})`);
   if (EXPECTED_TEXT !== undefined) check(text === EXPECTED_TEXT, `the streamed text ${JSON.stringify(text)} equals the API's ${JSON.stringify(EXPECTED_TEXT)}`);
@@ -163,11 +201,12 @@ async function run(page) {
     check(tile && !tile.endsWith("–"), `the ${label} tile has a value (${tile})`);
   }
   const partitionRows = await page.getByTestId("partition-times").locator("li").allTextContents();
-  const partitions = [...new Set(nodes.map((n) => n.partition))];
+  const defaultNodes = nodes.filter((n) => n.model === models[0].name); // the prompt goes to the default model
+  const partitions = [...new Set(defaultNodes.map((n) => n.partition))];
   check(partitionRows.length === partitions.length, `one timing row per partition: ${partitionRows}`);
   for (const p of partitions) {
     const row = partitionRows.find((r) => r.startsWith(`part ${p}`));
-    check(row && nodes.some((n) => n.partition === p && row.includes(n.id)), `partition ${p}'s row names its node: ${row}`);
+    check(row && defaultNodes.some((n) => n.partition === p && row.includes(` ${n.id}`)), `partition ${p}'s row names its node: ${row}`);
   }
   await shot(page, "desktop-streamed");
 
@@ -227,6 +266,47 @@ async function run(page) {
   step(`stopped after ${completion} tokens; /api/tasks is empty`);
   await page.getByText("None right now", { exact: false }).waitFor({ timeout: 5000 });
   await page.getByRole("button", { name: "Reset to API defaults" }).click();
+
+  if (SECOND_MODEL) {
+    // The prompt to another model: its greedy text, from its own chain of replicas.
+    await prompt.fill(PROMPT);
+    await page.getByLabel("Model", { exact: true }).selectOption(SECOND_MODEL);
+    await page.getByRole("button", { name: "Process Input" }).click();
+    await waitFinished(page);
+    const second = await page.getByTestId("generated-text").textContent();
+    if (EXPECTED_SECOND_TEXT !== undefined)
+      check(second === EXPECTED_SECOND_TEXT, `${SECOND_MODEL}'s streamed text ${JSON.stringify(second)} equals the API's ${JSON.stringify(EXPECTED_SECOND_TEXT)}`);
+    check(second !== text, `${SECOND_MODEL} answers otherwise than the default model`);
+    const answered = await page.getByTestId("output-model").textContent();
+    check(answered === SECOND_MODEL, `the output says ${SECOND_MODEL} answered: ${answered}`);
+    const ownNodes = nodes.filter((n) => n.model === SECOND_MODEL).map((n) => n.id);
+    const rows = await page.getByTestId("partition-times").locator("li").allTextContents();
+    const ran = rows.map((r) => r.split(" on ").pop().split(" + "));
+    check(rows.length === new Set(nodes.filter((n) => n.model === SECOND_MODEL).map((n) => n.partition)).size, `one row per partition of ${SECOND_MODEL}: ${rows}`);
+    check(ran.every((ids) => ids.every((id) => ownNodes.includes(id))), `it ran on ${SECOND_MODEL}'s replicas only: ${rows}`);
+    step(`${SECOND_MODEL} streamed ${JSON.stringify(second.slice(0, 40))}…`);
+  }
+
+  if (CORDON_NODE) {
+    // An admin (no keys: everyone on this host) cordons a replica, and uncordons it.
+    const cordon = page.getByRole("button", { name: `Cordon ${CORDON_NODE}`, exact: true });
+    await cordon.waitFor({ timeout: 10000 });
+    await cordon.click();
+    await waitLifecycle(page, CORDON_NODE, ["cordoned"], 5000);
+    check((await page.getByTestId(`lifecycle-${CORDON_NODE}`).textContent()) === "cordoned", `${CORDON_NODE}'s badge says cordoned`);
+    const listed = (await apiJson(page, "/api/nodes")).body.nodes.find((n) => n.id === CORDON_NODE);
+    check(listed?.cordoned === true, `GET /api/nodes says ${CORDON_NODE} is cordoned: ${JSON.stringify(listed)}`);
+    // Drain asks first; Cancel leaves the replica be.
+    await page.getByRole("button", { name: `Drain ${CORDON_NODE}`, exact: true }).click();
+    const question = page.getByRole("group", { name: `Confirm drain of ${CORDON_NODE}` });
+    await question.waitFor({ timeout: 2000 });
+    await shot(page, "desktop-models-admin");
+    await question.getByRole("button", { name: `Cancel drain of ${CORDON_NODE}` }).click();
+    await page.getByRole("button", { name: `Uncordon ${CORDON_NODE}`, exact: true }).click();
+    await waitLifecycle(page, CORDON_NODE, ["online", "busy"], 5000);
+    step(`${CORDON_NODE} cordoned, then uncordoned, from the page`);
+  }
+  if (SECOND_MODEL) await page.getByLabel("Model", { exact: true }).selectOption("");
 
   // Phone width: the same page, one column.
   await page.setViewportSize({ width: 390, height: 844 });

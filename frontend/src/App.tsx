@@ -1,4 +1,5 @@
-import { fetchCluster, fetchTasks } from "./api/client";
+import { useState } from "react";
+import { fetchCluster, fetchModels, fetchNodes, fetchTasks } from "./api/client";
 import { ApiError } from "./api/errors";
 import { ApiKeyPrompt, ForgetKeyButton } from "./components/ApiKeyPrompt";
 import { ClusterPanel } from "./components/ClusterPanel";
@@ -11,6 +12,8 @@ import { usePolling } from "./hooks/usePolling";
 
 // Every second: a replica that dies turns red within a probe interval or two.
 const POLL_MS = 1000;
+// The models served and whether this key may manage nodes change rarely (a rollout, another key).
+const SLOW_POLL_MS = 5000;
 
 // Grafana comes with docker-compose.monitoring.yml, on port 3000 of the same host.
 function grafanaUrl(): string {
@@ -20,8 +23,14 @@ function grafanaUrl(): string {
 export function App() {
   const { state: generation, start, stop } = useGeneration();
   const auth = useApiKey();
+  // After a cordon or a drain the cluster is polled at once, so the change shows without waiting.
+  const [clusterChanged, setClusterChanged] = useState(0);
   // A new key (or none) polls at once with it, rather than a second later.
-  const cluster = usePolling(fetchCluster, POLL_MS, auth.key);
+  const cluster = usePolling(fetchCluster, POLL_MS, `${auth.key}:${clusterChanged}`);
+  const models = usePolling(fetchModels, SLOW_POLL_MS, auth.key);
+  // GET /api/nodes answers an admin key (or anyone, without keys) and 403s any other: the buttons follow it.
+  const nodes = usePolling(fetchNodes, SLOW_POLL_MS, auth.key);
+  const admin = nodes.data != null && nodes.error == null;
   const tasks = usePolling(fetchTasks, POLL_MS, `${generation.requestId}:${generation.phase}:${auth.key}`);
   const apiUp = cluster.error == null && cluster.data != null;
   const keyNeeded = auth.needed || (cluster.error instanceof ApiError && cluster.error.status === 401);
@@ -64,11 +73,17 @@ export function App() {
         {/* Wide: what you send and what runs on the left, where and how long on the right.
             Narrow: one column, in the order of a request (see styles.css). */}
         <div className="column">
-          <Playground generation={generation} onSubmit={start} onStop={stop} />
+          <Playground generation={generation} models={models.data} onSubmit={start} onStop={stop} />
           <TasksPanel tasks={tasks} ownRequestId={generation.requestId} />
         </div>
         <div className="column">
-          <ClusterPanel cluster={cluster} tasks={tasks.data ?? []} ownRequestId={generation.phase === "running" ? generation.requestId : null} />
+          <ClusterPanel
+            cluster={cluster}
+            tasks={tasks.data ?? []}
+            ownRequestId={generation.phase === "running" ? generation.requestId : null}
+            admin={admin}
+            onChanged={() => setClusterChanged((n) => n + 1)}
+          />
           <MetricsPanel generation={generation} chain={ownChain} />
         </div>
       </main>

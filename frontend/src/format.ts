@@ -22,9 +22,23 @@ export function bytes(value: number | null | undefined): string {
   const units = ["B", "kB", "MB", "GB", "TB"];
   let i = 0;
   let v = value;
-  while (v >= 1000 && i < units.length - 1) {
+  // 999.96 kB rounds to 1000 kB at three digits: it is 1.00 MB; 99.99 kB is 100 kB, not 100.0.
+  while (v >= 999.5 && i < units.length - 1) {
     v /= 1000;
     i += 1;
   }
-  return `${v >= 100 || i === 0 ? v.toFixed(0) : v.toFixed(v >= 10 ? 1 : 2)} ${units[i]}`;
+  return `${v >= 99.95 || i === 0 ? v.toFixed(0) : v.toFixed(v >= 9.995 ? 1 : 2)} ${units[i]}`;
+}
+
+// A count in at most 4 characters or so: 950, 4.1k, 16k, 1.2M.
+export function count(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  if (value < 1000) return String(Math.round(value));
+  if (value < 1_000_000) return `${(value / 1000).toFixed(value < 9_950 ? 1 : 0)}k`;
+  return `${(value / 1_000_000).toFixed(value < 9_950_000 ? 1 : 0)}M`;
+}
+
+// A model as the page names it: the last part of a checkpoint path ("models/tiny-gpt2" -> "tiny-gpt2").
+export function modelLabel(name: string): string {
+  return name.split("/").filter(Boolean).pop() ?? name;
 }

@@ -39,4 +39,10 @@ describe("generation settings", () => {
     expect("cache" in toRequestBody("x", DEFAULT_SETTINGS)).toBe(false);
     expect(toRequestBody("x", { ...DEFAULT_SETTINGS, useCache: false }).cache).toBe(false);
   });
+
+  it("names the model only when one other than the default is picked", () => {
+    expect(toRequestBody("x", DEFAULT_SETTINGS)).not.toHaveProperty("model");
+    expect(toRequestBody("x", DEFAULT_SETTINGS, null)).not.toHaveProperty("model");
+    expect(toRequestBody("x", DEFAULT_SETTINGS, "second")).toMatchObject({ text: "x", model: "second" });
+  });
 });

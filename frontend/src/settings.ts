@@ -37,7 +37,7 @@ export const DEFAULT_SETTINGS: SettingsForm = {
   useCache: API_DEFAULTS.cache,
 };
 
-// `cache` is sent only when it differs from the API's default, so the body stays what `curl` would send.
+// `cache` (and `model`) are sent only when they differ from the API's default, so the body stays what `curl` would send.
 export type RequestBody = GenerationRequest & { ignore_eos: boolean; cache?: boolean };
 
 // A field that does not parse as a number goes to the API as typed: the API is
@@ -59,10 +59,12 @@ export function parseStops(text: string): string[] | null {
   return stops.length ? stops : null;
 }
 
-export function toRequestBody(text: string, form: SettingsForm): RequestBody {
+/** `model`: the name picked, or null for the default model, which then goes unnamed (as `curl` without `model`). */
+export function toRequestBody(text: string, form: SettingsForm, model: string | null = null): RequestBody {
   const seed = form.seed.trim() === "" ? null : numberOrRaw(form.seed, true);
   return {
     text,
+    ...(model ? { model } : {}),
     max_tokens: numberOrRaw(form.maxTokens, true) as number,
     temperature: numberOrRaw(form.temperature, false) as number,
     top_p: numberOrRaw(form.topP, false) as number,

@@ -286,8 +286,14 @@ def plan(
     grpc_port = "--grpc-port-base"
     # The backends stop on SIGINT: it skips a node's drain (DRAIN_S), which is
     # for a coordinator to move requests away, and by then the coordinator is gone.
+    # Several models: the tokenizer holds each one's, by the name the coordinator gives it.
+    tokenizer_env = env
+    if len(models) > 1:
+        pairs = ",".join(f"{m.served_name(str(dirs[0]))}={m.model}" for m in models)
+        tokenizer_env = {**env, "SPLITGPT_TOKENIZER_MODELS": pairs}
     children = [
-        Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1), *metrics_flag("tokenizer")], env,
+        Child("tokenizer", me + ["tokenizer", "--host", args.host, "--port", str(base + 1), *metrics_flag("tokenizer")],
+              tokenizer_env,
               tier=BACKENDS, stop_signal=signal.SIGINT, port=base + 1, port_flag=grpc_port)
     ]  # fmt: skip
     for node, node_model in nodes:

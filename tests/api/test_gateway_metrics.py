@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from splitgpt.api.metrics import ApiMetrics, ErrorAnswers, error_type
 from tests.metrics_text import PROCESS_FAMILIES, Scrape, promtool_check_metrics, scrape
@@ -26,6 +27,22 @@ GATEWAY_FAMILIES = {
     "splitgpt_cache_operation_duration_seconds": "histogram",
 }
 ENDPOINTS = ("/api/model/process", "/api/model/stream", "/v1/completions", "/v1/chat/completions")
+# The generation families, by model; the HTTP request families are by endpoint only.
+BY_MODEL = (
+    "splitgpt_generated_tokens_total",
+    "splitgpt_prompt_tokens_total",
+    "splitgpt_time_to_first_token_seconds_count",
+    "splitgpt_inter_token_latency_seconds_count",
+    "splitgpt_partition_step_seconds_count",
+    "splitgpt_cache_lookups_total",
+)
+NOT_BY_MODEL = (
+    "splitgpt_requests_total",
+    "splitgpt_request_duration_seconds_count",
+    "splitgpt_requests_in_progress",
+    "splitgpt_errors_total",
+    "splitgpt_cache_operation_duration_seconds_count",
+)
 
 
 def metrics_of(gateway) -> Scrape:
@@ -41,6 +58,47 @@ def test_every_gateway_family_and_the_process_collectors(gateway):
     assert s.labelsets("splitgpt_service_info") == [{"service": "api", "version": "0.1.0"}]
     assert {name: s.families.get(name) for name in GATEWAY_FAMILIES} == GATEWAY_FAMILIES
     assert {ls["endpoint"] for ls in s.labelsets("splitgpt_requests_in_progress")} == set(ENDPOINTS)
+
+
+def test_generation_families_carry_the_served_model_and_request_families_do_not(gateway):
+    r = gateway.post("/api/model/process", json={"text": "By model", "max_tokens": 3, "ignore_eos": True, "cache": True})
+    assert r.status_code == 200, r.text
+    served = r.json()["model"]
+    # Refused before the model is known (422), and a model the coordinator does not serve (404):
+    # neither name becomes a label.
+    assert gateway.post("/api/model/process", json={"text": "x", "max_tokens": 0}).status_code == 422
+    assert gateway.post("/v1/completions", json={"model": "not-served-here", "prompt": "x"}).status_code == 404
+    s = metrics_of(gateway)
+    for name in BY_MODEL:
+        assert s.labelsets(name), name
+        assert {ls.get("model") for ls in s.labelsets(name)} == {served}, (name, s.labelsets(name))
+    assert s.value("splitgpt_generated_tokens_total", model=served) >= 3
+    assert {ls["result"] for ls in s.labelsets("splitgpt_cache_lookups_total")} == {"hit", "miss", "error", "forged"}
+    for name in NOT_BY_MODEL:
+        assert all("model" not in ls for ls in s.labelsets(name)), name
+    assert "not-served-here" not in s.text
+
+
+def test_two_models_count_apart():
+    """One gateway, two served models: each model's series move alone."""
+    metrics = ApiMetrics()
+    for name, tokens in (("gpt2", 3), ("gpt2-xl", 5)):
+        bound = metrics.for_model(name)
+        assert metrics.for_model(name) is bound  # bound once
+        bound.prompt_tokens.inc(4)
+        bound.ttft.observe(0.1)
+        for _ in range(tokens):
+            bound.generated_tokens.inc()
+        bound.partition_step(1).observe(0.01)
+        bound.cache["miss"].inc()
+    s = Scrape(generate_latest(metrics.registry).decode())
+    assert s.value("splitgpt_generated_tokens_total", model="gpt2") == 3
+    assert s.value("splitgpt_generated_tokens_total", model="gpt2-xl") == 5
+    assert s.value("splitgpt_time_to_first_token_seconds_count", model="gpt2-xl") == 1
+    assert s.value("splitgpt_partition_step_seconds_count", model="gpt2", partition="1") == 1
+    assert s.value("splitgpt_cache_lookups_total", model="gpt2", result="miss") == 1
+    assert s.value("splitgpt_cache_lookups_total", model="gpt2", result="hit") == 0
+    assert {ls["model"] for ls in s.labelsets("splitgpt_cache_lookups_total")} == {"gpt2", "gpt2-xl"}
 
 
 def test_every_generation_endpoint_is_counted_timed_and_done(gateway, model):

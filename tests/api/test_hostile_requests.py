@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.metrics_text import Scrape
+
 from .error_shape import error_of
 
 PATHS = ["/api/model/process", "/api/model/stream"]
@@ -19,10 +21,8 @@ def post_raw(api, path: str, raw: str):
 
 
 def generated_tokens(api) -> float:
-    for line in api.get("/metrics").text.splitlines():
-        if line.startswith("splitgpt_generated_tokens_total "):
-            return float(line.split()[1])
-    return 0.0
+    """Tokens generated, every model's together."""
+    return Scrape(api.get("/metrics").text).value("splitgpt_generated_tokens_total")
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -7,6 +7,8 @@ import time
 import httpx
 import pytest
 
+from tests.metrics_text import Scrape
+
 from .test_api_contract import node_cached_sessions
 
 
@@ -16,10 +18,8 @@ def model(api) -> str:
 
 
 def generated_tokens(api) -> float:
-    for line in api.get("/metrics").text.splitlines():
-        if line.startswith("splitgpt_generated_tokens_total "):
-            return float(line.split(" ")[1])
-    return 0.0
+    """Tokens generated, every model's together."""
+    return Scrape(api.get("/metrics").text).value("splitgpt_generated_tokens_total")
 
 
 def assert_all_freed(api, stack, before: float, budget: int) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from splitgpt.api.cache import RedisCache, ResultCache
 from splitgpt.api.cache_security import seal
+from tests.metrics_text import scrape
 from tests.servers import REDIS_CACHE_USER, ApiProcess, RedisServer
 
 SECRET = b"s" * 32
@@ -68,11 +69,8 @@ async def test_unreachable_redis_fails_open():
 
 
 def cache_lookups(api_url: str, result: str, headers=None) -> float:
-    text = httpx.get(f"{api_url}/metrics", headers=headers, timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(f'splitgpt_cache_lookups_total{{result="{result}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    """Lookups with this result, summed over the models (the family is labelled by model too)."""
+    return scrape(f"{api_url}/metrics", headers).value("splitgpt_cache_lookups_total", result=result)
 
 
 def test_the_gateway_caches_in_a_locked_redis_and_keeps_serving_when_it_dies(stack, locked_redis, tmp_path):

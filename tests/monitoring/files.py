@@ -22,6 +22,15 @@ def contract_metrics() -> set[str]:
     return set(re.findall(r"^\| `(splitgpt_\w+)`", CONTRACT.read_text(), flags=re.M))
 
 
+def contract_labels() -> dict[str, set[str]]:
+    """Each family of docs/metrics.md -> the label names its labels column gives."""
+    found = {}
+    for name, labels in re.findall(r"^\| `(splitgpt_\w+)` \| [^|]+ \| ((?:[^|\\]|\\\|)*) \|", CONTRACT.read_text(), flags=re.M):
+        # `a, b` and `reason` = x \| y, `model`: the names are the words inside backquotes before any `=`.
+        found[name] = {w.strip() for quoted in re.findall(r"`([^`]*)`", labels) for w in quoted.split(",") if w.strip()}
+    return found
+
+
 def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
 
@@ -53,8 +62,10 @@ def variable_queries(board: dict) -> list[tuple[str, str]]:
 
 
 def substitute(expr: str, rate_interval: str = "5m", interval: str = "15s", range_: str = "1h") -> str:
-    """A panel's expr as Grafana sends it: its variables replaced (every `$partition` is All: .*)."""
-    for name, value in (("__rate_interval", rate_interval), ("__interval", interval), ("__range", range_), ("partition", ".*")):
+    """A panel's expr as Grafana sends it: its variables replaced (`$partition` and `$model` are All: .*)."""
+    for name, value in (
+        ("__rate_interval", rate_interval), ("__interval", interval), ("__range", range_), ("partition", ".*"), ("model", ".*"),
+    ):  # fmt: skip
         expr = expr.replace("${" + name + "}", value).replace("$" + name, value)
     assert "$" not in expr, f"a Grafana variable left in {expr!r}"
     return expr

@@ -28,6 +28,7 @@ from .files import (
     PROMETHEUS,
     ROOT,
     alert_rules,
+    contract_labels,
     contract_metrics,
     dashboard,
     family,
@@ -221,10 +222,35 @@ def test_dashboard_uses_the_datasource_variable_defaulting_to_the_provisioned_pr
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["datasource"]["current"]["value"] == ds["uid"]
     assert variables["partition"]["allValue"] == ".*" and variables["partition"]["includeAll"]
+    assert variables["model"]["allValue"] == ".*" and variables["model"]["includeAll"] and variables["model"]["multi"]
     for panel in panels(board):
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"], panel["title"]
+
+
+def test_the_model_variable_filters_every_model_labelled_query_and_only_those():
+    """`$model` lists the coordinator's served models; every selector of a family with a
+    `model` label (the coordinator's, the gateway's generation families) filters by it;
+    the HTTP request families and the nodes' (by partition) do not."""
+    board = dashboard()
+    (query,) = [expr for name, expr in variable_queries(board) if name == "model"]
+    source = re.fullmatch(r"count by \(model\) \((\w+)\)", query).group(1)
+    labels = contract_labels()
+    assert source.startswith("splitgpt_coordinator_") and "model" in labels[source], query
+    by_model = {n for n, ls in labels.items() if "model" in ls and not n.startswith("splitgpt_node_")}
+    assert {"splitgpt_coordinator_requests_running", "splitgpt_time_to_first_token_seconds"} <= by_model
+    filtered = set()
+    for title, ref, expr in targets(board):
+        for name in metric_names(expr):
+            for m in re.finditer(rf"(?<![\w:]){re.escape(name)}(\{{[^}}]*\}})?", expr):
+                has = 'model=~"$model"' in (m.group(1) or "")
+                if family(name) in by_model:
+                    assert has, f"'{title}' {ref}: {name} without model=~\"$model\" in {expr!r}"
+                    filtered.add(family(name))
+                else:
+                    assert not has, f"'{title}' {ref}: {name} has no model label, yet filters by it"
+    assert filtered == by_model, sorted(by_model - filtered)  # every one is on the board, filtered
 
 
 def test_grafana_provisioning_matches_the_compose_mounts():

@@ -4,7 +4,7 @@ A local stack (2 partitions x 2 replicas) and Debian's Prometheus, configured by
 splitgpt.monitoring.local_prometheus with the jobs of prometheus/prometheus.yml and
 the real prometheus/alerts.yml, scraping every second. Traffic: a request, the same
 one again (a result-cache hit), a stream, a validation error, then requests in flight
-while one node replica is killed (SIGKILL) and more after it (a cache miss and hit
+while one node replica is drained (its sequences' K/V moved) and another killed (SIGKILL) and more after it (a cache miss and hit
 among them); every generation succeeds. Then, through Prometheus' HTTP API: every dashboard query (and variable)
 and every alert expression parses and evaluates, every panel query that this traffic
 must fill returns series with a value (ALLOWED_EMPTY says which may not, and why), and
@@ -42,6 +42,7 @@ FAST_HEALTH = {
     "SPLITGPT_COORDINATOR_PREFIX_CACHE": "true",
 }
 KILLED = (1, 0)  # partition, replica
+DRAINED = "part0-r0"  # drained (its sequences' K/V moved) before the kill
 # (panel title, refId) -> why that query may return nothing (no series, or only NaN) after this test's traffic.
 ALLOWED_EMPTY = {
     ("Request success / error rates", "C"): "no request is rejected: nothing overloads, every partition keeps a replica",
@@ -166,6 +167,10 @@ def traffic_with_a_killed_replica(stack: Stack) -> float:
             assert time.monotonic() < deadline, tasks
             time.sleep(0.02)
         assert f"part{KILLED[0]}-r{KILLED[1]}" in {n for t in tasks for n in t["chain"]}, tasks  # so it fails over
+        # A drain first (the migration panels' data): partition 0's first replica hands its
+        # sequences' K/V to the other one, and leaves.
+        drained = httpx.post(f"{url}/api/nodes/{DRAINED}/drain", json={"timeout_s": 30}, timeout=60)
+        assert drained.status_code == 200 and drained.json()["removed"], drained.text
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         statuses = [f.result() for f in futures]

@@ -12,10 +12,16 @@ import time
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from splitgpt.bench.local_stack import Stack
-from splitgpt.rpc import tokenizer_pb2, tokenizer_pb2_grpc
+from splitgpt.core.cluster_config import ClusterConfig, ModelConfig, NodeEntry
+from splitgpt.core.engine import GenerationError
+from splitgpt.rpc import coordinator_pb2, node_pb2, tokenizer_pb2, tokenizer_pb2_grpc
+from splitgpt.shells.coordinator_metrics import CoordinatorMetrics
+from splitgpt.shells.coordinator_service import CoordinatorServicer, CoordinatorSettings, engine_factory
 from splitgpt.shells.grpc_runtime import client_channel
+from splitgpt.shells.served_models import ServedModels
 from tests.metrics_text import PROCESS_FAMILIES, Scrape, promtool_check_metrics, scrape
 from tests.servers import running
 
@@ -97,11 +103,13 @@ def node_scrapes(stack: Stack) -> list[Scrape]:
     return [scrape(url) for url in urls(stack)["splitgpt-node"]]
 
 
-def generate(stack: Stack, n: int = REQUESTS) -> None:
+def generate(stack: Stack, n: int = REQUESTS) -> str:
+    """`n` requests through the API; the name of the model that served them."""
     for i in range(n):
         body = {"text": f"Metrics request {i} says", "max_tokens": MAX_TOKENS, "ignore_eos": True, "cache": False}
         r = httpx.post(f"{stack.url}/api/model/process", json=body, timeout=120)
         assert r.status_code == 200, r.text
+    return r.json()["model"]
 
 
 def wait_for(condition, timeout_s: float = 20.0, every_s: float = 0.2):
@@ -202,7 +210,7 @@ def test_node_kv_gauges_move_while_a_request_holds_its_cache(stack):
 def test_coordinator_metrics_count_requests_tokens_and_steps(stack):
     url = urls(stack)["splitgpt-coordinator"][0]
     before = scrape(url)
-    generate(stack)
+    model = generate(stack)
     after = wait_for(lambda: (s := scrape(url)).value("splitgpt_coordinator_requests_running") == 0 and s)
     assert after, "requests still running after they were answered"
 
@@ -225,10 +233,16 @@ def test_coordinator_metrics_count_requests_tokens_and_steps(stack):
     assert healthy == {(str(p), f"part{p}-r0"): 1.0 for p in range(3)}
     assert after.value("splitgpt_coordinator_replays_total") == 0
     assert after.labelsets("splitgpt_coordinator_requests_rejected_total") == [
-        {"reason": "overloaded"},
-        {"reason": "tenant_share"},
-        {"reason": "unavailable"},
+        {"reason": "overloaded", "model": model},
+        {"reason": "tenant_share", "model": model},
+        {"reason": "unavailable", "model": model},
     ]
+    # One model served: every coordinator series is that model's (its served name, the API's `model`).
+    for name, labels, _ in after.samples:
+        if name.startswith("splitgpt_coordinator_"):
+            assert labels.get("model") == model, (name, labels)
+    assert after.labelsets("splitgpt_coordinator_requests_running") == [{"model": model}]
+    assert after.labelsets("splitgpt_coordinator_queue_capacity") == [{"model": model}]
 
 
 def test_coordinator_counts_a_cancelled_request(stack):
@@ -284,3 +298,94 @@ def test_every_service_passes_promtool_check_metrics(stack):
             text = scrape(url).text
             assert "splitgpt_service_info" in text, url
             promtool_check_metrics(text)
+
+
+# --- several models on one coordinator, in process (no node, no port) --------------------
+
+
+async def test_a_two_model_coordinator_counts_each_models_requests_apart():
+    """Two served models, wired as `start` wires them: each engine reports to its own
+    model's observer, a request refused before its engine exists counts under its
+    model, and a name the coordinator does not serve becomes no label."""
+
+    def nodes(prefix: str, n: int) -> list[NodeEntry]:
+        return [NodeEntry(id=f"{prefix}{p}", address="127.0.0.1:9", partition=p) for p in range(n)]
+
+    config = ClusterConfig(models=[
+        ModelConfig(name="small", num_partitions=2, nodes=nodes("s", 2)),
+        ModelConfig(model="models/big", num_partitions=3, nodes=nodes("b", 3)),  # unnamed: served as its checkpoint
+    ])  # fmt: skip
+    settings = CoordinatorSettings(max_batch_size=0, max_queue=0)  # every admitted request overloads
+    bound: list[CoordinatorMetrics] = []
+    models = ServedModels(config, settings, None, engine_factory(settings, lambda name: bound[0].for_model(name)))
+    metrics = CoordinatorMetrics(models, 0, registry=CollectorRegistry())
+    bound.append(metrics)
+    servicer = CoordinatorServicer(models, settings, metrics.for_model)
+
+    def exposition() -> Scrape:
+        return Scrape(generate_latest(metrics.registry).decode())
+
+    async def generate(model: str) -> str:
+        request = coordinator_pb2.GenerateRequest(request_id=f"r-{model}", prompt_ids=[1, 2], max_tokens=1, model=model)
+        with pytest.raises(GenerationError) as refused:
+            [e async for e in servicer.Generate(request, None)]
+        return refused.value.kind
+
+    try:
+        # Every configured model's series from the start, its own partitions.
+        s = exposition()
+        assert s.labelsets("splitgpt_coordinator_requests_running") == [{"model": "small"}, {"model": "models/big"}]
+        assert s.labelsets("splitgpt_coordinator_queue_capacity") == [{"model": "small"}, {"model": "models/big"}]
+        rebuilt = {(ls["model"], ls["partition"]) for ls in s.labelsets("splitgpt_coordinator_rebuilt_tokens_total")}
+        assert rebuilt == {("small", "0"), ("small", "1"), ("models/big", "0"), ("models/big", "1"), ("models/big", "2")}
+        assert len(s.labelsets("splitgpt_coordinator_requests_rejected_total")) == 6
+
+        # Still starting (no engine): refused under the model the request named.
+        assert await generate("models/big") == "unavailable"
+        assert await generate("no-such-model") == "not_found"
+        s = exposition()
+        assert s.value("splitgpt_coordinator_requests_rejected_total", reason="unavailable", model="models/big") == 1
+        assert s.value("splitgpt_coordinator_requests_rejected_total", reason="unavailable", model="small") == 0
+        assert "no-such-model" not in s.text
+
+        # The models known (as a last partition's Info tells): each split's engine is built with its model's observer.
+        for _, split in models.splits():
+            split.cluster.model = node_pb2.NodeInfo(eos_token_id=0, n_ctx=32, vocab_size=50)
+        assert await generate("small") == "overloaded"
+        assert await generate("small") == "overloaded"
+        assert await generate("") == "overloaded"  # the default model: small
+        assert await generate("models/big") == "overloaded"
+        small, big = (models.engine(m.current()) for m in models.models.values())
+        assert small.observer is metrics.for_model("small") and big.observer is metrics.for_model("models/big")
+        small.observer.admitted(5)
+        small.observer.step(1, "s1", 0.01)
+        small.observer.finished("eos", 3, 0.2)
+        big.observer.step(2, "b2", 0.02)
+        big.observer.finished("length", 7, 0.5)
+        big.observer.replay("moved")
+        s = exposition()
+
+        def value(name: str, model: str, **labels: str) -> float:
+            return s.value(name, model=model, **labels)
+
+        assert value("splitgpt_coordinator_requests_rejected_total", "small", reason="overloaded") == 3
+        assert value("splitgpt_coordinator_requests_rejected_total", "models/big", reason="overloaded") == 1
+        assert value("splitgpt_coordinator_requests_finished_total", "small", finish_reason="eos") == 1
+        assert value("splitgpt_coordinator_requests_finished_total", "models/big", finish_reason="eos") == 0
+        assert value("splitgpt_coordinator_requests_finished_total", "models/big", finish_reason="length") == 1
+        assert value("splitgpt_coordinator_generation_tokens_total", "small") == 3
+        assert value("splitgpt_coordinator_generation_tokens_total", "models/big") == 7
+        assert value("splitgpt_coordinator_prompt_tokens_total", "small") == 5
+        assert value("splitgpt_coordinator_prompt_tokens_total", "models/big") == 0
+        assert value("splitgpt_coordinator_replays_total", "models/big", reason="moved") == 1
+        assert value("splitgpt_coordinator_replays_total", "small") == 0
+        assert s.labelsets("splitgpt_coordinator_step_duration_seconds_count") == [
+            {"partition": "1", "node": "s1", "model": "small"},
+            {"partition": "2", "node": "b2", "model": "models/big"},
+        ]
+        assert value("splitgpt_coordinator_e2e_request_latency_seconds_count", "small") == 1
+        # A sum without `model` is the whole coordinator, as before.
+        assert s.value("splitgpt_coordinator_generation_tokens_total") == 10
+        promtool_check_metrics(s.text)
+    finally:
+        await models.close()

@@ -1,11 +1,13 @@
 """The web UI end to end: headless Chromium against the real stack that `splitgpt up` starts.
 
-3 partitions x 2 replicas of a tiny GPT-2, the UI on its own port. The browser
-script (frontend/e2e/browser.mjs) types a prompt, clicks Process Input, and
-checks the streamed text against the API's greedy text, the metrics, and the
-cluster picture; asks this test to kill -9 one replica and then start it
-again, and sees the page mark it down, then up; stops a long generation with
-Stop and checks nothing runs on the cluster after. Screenshots: run/ui-screenshots/.
+3 partitions x 2 replicas of a tiny GPT-2, and of a second, smaller one beside
+it, the UI on its own port. The browser script (frontend/e2e/browser.mjs) types
+a prompt, clicks Process Input, and checks the streamed text against the API's
+greedy text, the metrics, and each model's chain; asks this test to kill -9 one
+replica and then start it again, and sees the page mark it down, then up; stops
+a long generation with Stop and checks nothing runs on the cluster after; picks
+the second model and checks its greedy text; cordons a replica and uncordons it.
+Screenshots: run/ui-screenshots/.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from splitgpt.bench.local_stack import Stack
+from splitgpt.core.tiny_model import write_checkpoint
 
 from .conftest import FRONTEND, ROOT
 
@@ -29,6 +32,8 @@ SCREENSHOTS = ROOT / "run" / "ui-screenshots"
 # A stop string that never matches: the same greedy text under another result-cache key,
 # so the page's own request really runs through the nodes.
 NEVER = "\u2400never"
+SECOND = "second"  # the other model's name: `splitgpt up --model ... --model second=DIR`
+CORDON_NODE = "m1-part2-r1"  # a replica of the second model (ids of the k-th other model: m{k}-part{p}-r{r})
 
 
 def wait_for_page(url: str, timeout_s: float = 60) -> None:
@@ -50,8 +55,12 @@ def kill_replica(stack: Stack, node_id: str) -> None:
 
 @pytest.fixture
 def ui_stack(long_context_checkpoint, built_frontend, tmp_path):
+    # Another geometry than the default's (3 blocks of width 32): its own chain, its own greedy text.
+    second = write_checkpoint(tmp_path / "second-gpt2", n_layer=3, n_embd=32, n_head=2, n_positions=128, seed=7)
     # restart: like `make up`, the launcher starts a killed node again, and the page must see it return.
-    stack = Stack(long_context_checkpoint, tmp_path, partitions=3, replicas=2, ui=True, restart=True)
+    stack = Stack(
+        long_context_checkpoint, tmp_path, partitions=3, replicas=2, ui=True, restart=True, more_models=[f"{SECOND}={second}"]
+    )
     try:
         stack.wait_ready()
         wait_for_page(f"http://127.0.0.1:{stack.ui_port}/")
@@ -68,6 +77,10 @@ def test_the_page_streams_shows_the_split_marks_a_dead_node_and_stops_a_request(
     assert r.status_code == 200, r.text
     expected = r.json()["generated_text"]
     assert expected, "the tiny model generated nothing to compare"
+    r = httpx.post(f"{stack.url}/api/model/process", json={"text": PROMPT, "model": SECOND, "stop": [NEVER]}, timeout=60)
+    assert r.status_code == 200 and r.json()["model"] == SECOND, r.text
+    expected_second = r.json()["generated_text"]
+    assert expected_second and expected_second != expected, f"the second model's text is no test: {expected_second!r}"
 
     env = {
         **os.environ,
@@ -77,6 +90,9 @@ def test_the_page_streams_shows_the_split_marks_a_dead_node_and_stops_a_request(
         "SCREENSHOT_DIR": str(SCREENSHOTS),
         "E2E_FAILOVER": "1",
         "KILL_NODE": "part1-r0",
+        "SECOND_MODEL": SECOND,
+        "EXPECTED_SECOND_TEXT": expected_second,
+        "CORDON_NODE": CORDON_NODE,
         "CHROMIUM": chromium,
     }
     script = subprocess.Popen(
@@ -101,5 +117,5 @@ def test_the_page_streams_shows_the_split_marks_a_dead_node_and_stops_a_request(
     log = "".join(output)
     print(log)
     assert code == 0, f"the browser script failed (screenshots in {SCREENSHOTS}):\n{log}"
-    for name in ("desktop-streamed", "desktop-node-down", "desktop-streaming", "phone"):
+    for name in ("desktop-streamed", "desktop-node-down", "desktop-streaming", "desktop-models-admin", "phone"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000, name

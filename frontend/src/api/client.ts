@@ -4,7 +4,7 @@
 import { keyAccepted, keyRefused, withApiKey } from "./auth";
 import { ApiError, errorFromResponse, unreachable } from "./errors";
 import { readSse } from "./sse";
-import type { ClusterState, ErrorBody, GenerationRequest, ProcessResponse, Task, TokenEvent } from "./types";
+import type { ClusterNode, ClusterState, DrainReport, ErrorBody, GenerationRequest, ModelInfo, ProcessResponse, Task, TokenEvent } from "./types";
 
 async function send(path: string, init?: RequestInit): Promise<Response> {
   let response: Response;
@@ -29,6 +29,28 @@ async function getJson<T>(path: string, signal?: AbortSignal): Promise<T> {
 export const fetchCluster = (signal?: AbortSignal) => getJson<ClusterState>("/api/cluster", signal);
 
 export const fetchTasks = async (signal?: AbortSignal) => (await getJson<{ tasks: Task[] }>("/api/tasks", signal)).tasks;
+
+/** Every served model, the default first. */
+export const fetchModels = async (signal?: AbortSignal) => (await getJson<{ models: ModelInfo[] }>("/api/models", signal)).models;
+
+/** Every node, for an admin key (or with no keys configured); anyone else gets a 403. */
+export const fetchNodes = async (signal?: AbortSignal) => (await getJson<{ nodes: ClusterNode[] }>("/api/nodes", signal)).nodes;
+
+async function postJson<T>(path: string): Promise<T> {
+  const response = await send(path, { method: "POST", headers: { accept: "application/json" } });
+  return (await response.json()) as T;
+}
+
+const nodePath = (id: string) => `/api/nodes/${encodeURIComponent(id)}`;
+
+/** No new requests go to the node; those running on it stay. */
+export const cordonNode = (id: string) => postJson<ClusterNode>(`${nodePath(id)}/cordon`);
+
+/** The node takes new requests again. */
+export const uncordonNode = (id: string) => postJson<ClusterNode>(`${nodePath(id)}/uncordon`);
+
+/** Cordon the node, move its running requests' K/V to other replicas, then remove it (the API's default timeout). */
+export const drainNode = (id: string) => postJson<DrainReport>(`${nodePath(id)}/drain`);
 
 /** Cancel a running request; false when it had already finished. */
 export async function cancelTask(requestId: string): Promise<boolean> {

@@ -40,6 +40,15 @@ describe("error messages", () => {
     expect(describeError(e).title).toBe("The API is shutting down");
   });
 
+  it("name an unknown model, a key that may not manage nodes, and a drain that cannot move its requests", async () => {
+    const unknown = await errorFromResponse(json(404, { error: { type: "model_not_found", message: "no model 'third'", param: "model" } }));
+    expect(describeError(unknown)).toEqual({ title: "No such model", detail: "no model 'third'." });
+    const forbidden = await errorFromResponse(json(403, { error: { type: "forbidden", message: "managing nodes and models needs an admin key" } }));
+    expect(describeError(forbidden).title).toBe("This key may not do that");
+    const conflict = await errorFromResponse(json(409, { error: { type: "conflict", message: "no other replica of partition 1 can take its sequences" } }));
+    expect(describeError(conflict)).toEqual({ title: "Not possible now", detail: "no other replica of partition 1 can take its sequences." });
+  });
+
   it("still say something for a body that is not JSON", async () => {
     const e = await errorFromResponse(new Response("<html>Bad Gateway</html>", { status: 500, statusText: "Internal Server Error" }));
     expect(e).toMatchObject({ status: 500, message: "Internal Server Error" });

@@ -64,6 +64,12 @@ export function describeError(error: unknown): ErrorDescription {
       return { title: "The request does not fit", detail: error.message };
     case 401:
       return { title: "An API key is needed", detail: `${said} Enter a key above.` };
+    case 403:
+      return { title: "This key may not do that", detail: said };
+    case 404:
+      return { title: error.type === "model_not_found" ? "No such model" : "Not found", detail: said };
+    case 409:
+      return { title: "Not possible now", detail: said };
     case 413:
       return { title: "The prompt is too large", detail: `${said} Shorten the prompt.` };
     case 422:

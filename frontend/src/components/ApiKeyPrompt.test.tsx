@@ -21,6 +21,8 @@ function apiWantingKey() {
     }
     if (path === "/api/cluster") return new Response(JSON.stringify(CLUSTER));
     if (path === "/api/tasks") return new Response(JSON.stringify({ tasks: [] }));
+    if (path === "/api/models") return new Response(JSON.stringify({ models: [] }));
+    if (path === "/api/nodes") return new Response(JSON.stringify({ nodes: [] }));
     if (path.startsWith("/api/tasks/")) return new Response(JSON.stringify({ request_id: "r", cancelled: true }));
     const done = { generated_text: "!", finish_reason: "length", usage: { prompt_tokens: 1, completion_tokens: 1 }, cached: false,
       timings: { total_ms: 1, tokenize_ms: 0, inference_ms: 1, partitions: [] }, request_id: "r", model: "tiny" };

@@ -1,3 +1,4 @@
+import { useId } from "react";
 import type { ClusterPicture } from "../cluster";
 import { partitionColor } from "../cluster";
 
@@ -8,6 +9,7 @@ import { partitionColor } from "../cluster";
  */
 export function LayerMap({ picture }: { picture: ClusterPicture }) {
   const { nLayer, partitions } = picture;
+  const titleId = useId(); // one map per model's chain: each its own caption
   if (nLayer === null) return <p className="muted">No partition has reported its blocks yet.</p>;
   const owner = (block: number) => partitions.find((p) => p.layers && block >= p.layers[0] && block < p.layers[1]);
   const head = partitions.find((p) => p.holdsHead);
@@ -23,8 +25,8 @@ export function LayerMap({ picture }: { picture: ClusterPicture }) {
   );
   const isDown = (p: (typeof partitions)[number] | undefined) => !!p && p.upReplicas === 0;
   return (
-    <figure className="layer-map" aria-labelledby="layer-map-title">
-      <figcaption id="layer-map-title">
+    <figure className="layer-map" aria-labelledby={titleId}>
+      <figcaption id={titleId}>
         {picture.model.split("/").pop()}: {nLayer} blocks in {partitions.length} partitions
       </figcaption>
       <div

@@ -1,4 +1,6 @@
 import { useState, type FormEvent, type KeyboardEvent } from "react";
+import type { ModelInfo } from "../api/types";
+import { modelLabel } from "../format";
 import type { Generation } from "../hooks/useGeneration";
 import { DEFAULT_SETTINGS, toRequestBody, type RequestBody, type SettingsForm } from "../settings";
 import { ErrorBanner } from "./ErrorBanner";
@@ -6,14 +8,16 @@ import { SettingsPanel } from "./SettingsPanel";
 
 interface Props {
   generation: Generation;
+  models?: ModelInfo[] | null; // GET /api/models, the default first; null while not known
   onSubmit: (body: RequestBody) => void;
   onStop: () => void;
 }
 
 const EXAMPLE = "The meaning of life is";
 
-export function Playground({ generation, onSubmit, onStop }: Props) {
+export function Playground({ generation, models = null, onSubmit, onStop }: Props) {
   const [prompt, setPrompt] = useState(EXAMPLE);
+  const [model, setModel] = useState(""); // "": the default model, sent without a name
   const [settings, setSettings] = useState<SettingsForm>(DEFAULT_SETTINGS);
   const [dismissed, setDismissed] = useState<unknown>(null);
   const running = generation.phase === "running";
@@ -21,7 +25,7 @@ export function Playground({ generation, onSubmit, onStop }: Props) {
   const submit = (e?: FormEvent) => {
     e?.preventDefault();
     if (running) return;
-    onSubmit(toRequestBody(prompt, settings));
+    onSubmit(toRequestBody(prompt, settings, model || null));
   };
   // Ctrl+Enter (Cmd+Enter on a Mac) sends from anywhere in the form.
   const onKeyDown = (e: KeyboardEvent) => {
@@ -34,9 +38,12 @@ export function Playground({ generation, onSubmit, onStop }: Props) {
       <h2 id="playground-title">Playground</h2>
       {/* noValidate: the API judges every field, and its 422 names the one to fix. */}
       <form onSubmit={submit} onKeyDown={onKeyDown} noValidate>
-        <label htmlFor="prompt" className="prompt-label">
-          Prompt
-        </label>
+        <div className="prompt-row">
+          <label htmlFor="prompt" className="prompt-label">
+            Prompt
+          </label>
+          <ModelPicker models={models} value={model} onChange={setModel} disabled={running} />
+        </div>
         <textarea
           id="prompt"
           name="prompt"
@@ -79,7 +86,17 @@ function Output({ generation }: { generation: Generation }) {
   return (
     <div className="output-wrap">
       <div className="output-head">
-        <span>Output</span>
+        <span>
+          Output
+          {response?.model && (
+            <>
+              {" · "}
+              <span className="output-model" data-testid="output-model" title={`answered by the model ${response.model}`}>
+                {modelLabel(response.model)}
+              </span>
+            </>
+          )}
+        </span>
         <span role="status" className={`phase phase-${phase}`} data-testid="generation-status">
           {phase === "running"
             ? generation.stopping
@@ -99,6 +116,46 @@ function Output({ generation }: { generation: Generation }) {
         </span>
         {phase === "running" && <span className="caret" aria-hidden="true" />}
       </output>
+    </div>
+  );
+}
+
+/** Which model runs the prompt: the default first and marked so, a model not ready marked so. */
+function ModelPicker({ models, value, onChange, disabled }: { models: ModelInfo[] | null; value: string; onChange: (name: string) => void; disabled: boolean }) {
+  const list = models ?? [];
+  const [first, ...others] = list;
+  // Checkpoint paths are named by their last part, unless two models would then read the same.
+  const labels = list.map((m) => modelLabel(m.name));
+  const label = (m: ModelInfo) => (labels.filter((l) => l === modelLabel(m.name)).length > 1 ? m.name : modelLabel(m.name));
+  const notReady = (m: ModelInfo) => (m.ready ? "" : " (not ready)");
+  const chosen = value ? list.find((m) => m.name === value) : first;
+  return (
+    <div className="model-picker">
+      <label htmlFor="model">Model</label>
+      <select
+        id="model"
+        name="model"
+        value={value}
+        onChange={(e) => onChange(e.target.value)}
+        disabled={disabled}
+        title={chosen ? `${chosen.name} · checkpoint ${chosen.model_id}` : undefined}
+        aria-describedby={chosen && !chosen.ready ? "model-hint" : undefined}
+      >
+        {/* The default goes unnamed, as a request without `model`, whatever its name. */}
+        <option value="">{first ? `${label(first)} (default)${notReady(first)}` : "the default model"}</option>
+        {others.map((m) => (
+          <option key={m.name} value={m.name}>
+            {label(m)}
+            {notReady(m)}
+          </option>
+        ))}
+        {value && models && !list.some((m) => m.name === value) && <option value={value}>{value} (not served now)</option>}
+      </select>
+      {chosen && !chosen.ready && (
+        <span id="model-hint" className="hint warn">
+          not ready: its nodes are not all serving
+        </span>
+      )}
     </div>
   );
 }

@@ -27,6 +27,7 @@ from .fan_out import FanOut
 from .generation import Done, GenerationService, TextDelta
 from .management_routes import management_router
 from .metrics import ApiMetrics, ErrorAnswers, GenerationRequestMetrics
+from .multi_model_routes import multi_model_router
 from .offline_docs import install_offline_docs
 from .openai.routes import openai_router
 from .rate_limit import GenerationLimits
@@ -111,6 +112,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # The OpenAI-compatible API: its errors in OpenAI's shape (api/openai/errors.py).
     fan_out = FanOut(settings.max_prompts_per_request, settings.max_generations_per_request)
     app.include_router(openai_router(settings.served_model_name, fan_out))
+    app.include_router(multi_model_router(fan_out), responses=error_responses(413, 500))
     return app
 
 

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -30,12 +31,14 @@ from .settings import ApiSettings
 class DecodeStream:
     """One request's incremental detokenization over the tokenizer's DecodeStream."""
 
-    def __init__(self, stub: tokenizer_pb2_grpc.TokenizerStub, timeout_s: float) -> None:
+    def __init__(self, stub: tokenizer_pb2_grpc.TokenizerStub, timeout_s: float, model: str = "") -> None:
         self._call = stub.DecodeStream(timeout=timeout_s)
+        self._model = model  # named in the first message only
 
     async def push(self, ids: list[int]) -> str:
         with rpc_errors("tokenizer"):
-            await self._call.write(tokenizer_pb2.DecodeStreamRequest(ids=ids))
+            await self._call.write(tokenizer_pb2.DecodeStreamRequest(ids=ids, model=self._model))
+            self._model = ""
             return (await self._call.read()).text
 
     async def flush(self) -> str:
@@ -49,6 +52,18 @@ class DecodeStream:
 
 
 TOKEN_BYTES_RETRY_S = 5.0
+
+
+@dataclass
+class TokenTable:
+    """One model's token-bytes table as the gateway holds it (fetched once)."""
+
+    tokens: list[bytes] | None = None  # [] once the tokenizer says it has none
+    max_chars_per_token: int | None = None
+    retry_at: float = 0.0  # after a failed fetch, streams decode remotely until then
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 MAX_KNOWN_MODELS = 256  # model infos kept: the coordinator's names only (an unknown one is a 404, never kept)
 
 
@@ -81,22 +96,21 @@ class Backends:
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel)
         self.admin = ClusterAdmin(self.coordinator, settings.rpc_timeout_s)
         self._models: dict[str, ModelInfo] = {}  # by the name asked for ("": the default model)
-        self._token_bytes: list[bytes] | None = None  # [] once the tokenizer says it has none
-        self._max_chars_per_token: int | None = None
-        self._token_bytes_lock = asyncio.Lock()
-        self._token_bytes_retry_at = 0.0  # after a failed fetch, streams decode remotely until then
+        # By model name ("": the default model), for the names the coordinator serves only.
+        self._token_tables: dict[str, TokenTable] = {}
 
     def _tokenizer_order(self) -> list[int]:
         n = len(self.tokenizers)
         return [(self._preferred + i) % n for i in range(n)]
 
-    async def encode(self, text: str) -> list[int]:
-        """Encode on the tokenizer replica that answered last; an unreachable one is retried on the next."""
+    async def encode(self, text: str, model: str = "") -> list[int]:
+        """Encode with `model`'s tokenizer on the tokenizer replica that answered last; an
+        unreachable one is retried on the next."""
         failure = None
         for i in self._tokenizer_order():
             try:
                 reply = await self.tokenizers[i].Encode(
-                    tokenizer_pb2.EncodeRequest(text=text), timeout=self.settings.rpc_timeout_s
+                    tokenizer_pb2.EncodeRequest(text=text, model=model), timeout=self.settings.rpc_timeout_s
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -107,15 +121,15 @@ class Backends:
             return list(reply.ids)
         raise from_grpc(failure, "tokenizer") from failure
 
-    async def decode_stream(self) -> LocalDecodeStream | DecodeStream:
-        """Decoded here from the token-bytes table where the tokenizer is byte-level
+    async def decode_stream(self, model: str = "") -> LocalDecodeStream | DecodeStream:
+        """Decoded here from `model`'s token-bytes table where its tokenizer is byte-level
         (GPT-2's is), else by the tokenizer service's DecodeStream."""
-        table = await self._token_bytes_table()
+        table = await self._token_bytes_table(model)
         if table:
             return LocalDecodeStream(table)
-        return DecodeStream(self.tokenizers[self._preferred], self.settings.request_timeout_s)
+        return DecodeStream(self.tokenizers[self._preferred], self.settings.request_timeout_s, model)
 
-    async def max_chars_per_token(self) -> int | None:
+    async def max_chars_per_token(self, model: str = "") -> int | None:
         """The most characters one token can stand for, from the token-bytes
         table; None where there is no table (not byte-level, or not reachable now).
 
@@ -123,35 +137,39 @@ class Backends:
         byte (10xxxxxx), so a text of C characters needs at least C / L tokens,
         L being the most such bytes in any one token (66 in GPT-2's vocabulary).
         """
-        table = await self._token_bytes_table()
+        table = await self._token_bytes_table(model)
         if not table:
             return None
-        if self._max_chars_per_token is None:
-            self._max_chars_per_token = max(sum(1 for b in token if b & 0xC0 != 0x80) for token in table)
-        return self._max_chars_per_token
+        state = self._token_tables[model]
+        if state.max_chars_per_token is None:
+            state.max_chars_per_token = max(sum(1 for b in token if b & 0xC0 != 0x80) for token in table)
+        return state.max_chars_per_token
 
-    async def _token_bytes_table(self) -> list[bytes] | None:
-        if self._token_bytes is not None or time.monotonic() < self._token_bytes_retry_at:
-            return self._token_bytes
-        async with self._token_bytes_lock:  # fetched once, however many requests start together
-            if self._token_bytes is None and time.monotonic() >= self._token_bytes_retry_at:
+    async def _token_bytes_table(self, model: str = "") -> list[bytes] | None:
+        """`model`: a name the coordinator serves (the callers resolved it with model_info first)."""
+        state = self._token_tables.setdefault(model, TokenTable())
+        if state.tokens is not None or time.monotonic() < state.retry_at:
+            return state.tokens
+        async with state.lock:  # fetched once, however many requests start together
+            if state.tokens is None and time.monotonic() >= state.retry_at:
                 stub = self.tokenizers[self._preferred]
+                request = tokenizer_pb2.TokenBytesRequest(model=model)
                 try:
-                    reply = await stub.GetTokenBytes(tokenizer_pb2.TokenBytesRequest(), timeout=self.settings.rpc_timeout_s)
-                    self._token_bytes = list(reply.tokens)
+                    reply = await stub.GetTokenBytes(request, timeout=self.settings.rpc_timeout_s)
+                    state.tokens = list(reply.tokens)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
-                        self._token_bytes = []  # not byte-level: every stream decodes remotely
+                        state.tokens = []  # not byte-level: every stream decodes remotely
                     else:  # unreachable for now: decode remotely, and ask again in a while, not per request
-                        self._token_bytes_retry_at = time.monotonic() + TOKEN_BYTES_RETRY_S
-        return self._token_bytes
+                        state.retry_at = time.monotonic() + TOKEN_BYTES_RETRY_S
+        return state.tokens
 
-    async def token_texts(self, ids: list[int]) -> list[str]:
+    async def token_texts(self, ids: list[int], model: str = "") -> list[str]:
         """Each token's own text (a token that is part of a UTF-8 character shows U+FFFD)."""
-        table = await self._token_bytes_table()
+        table = await self._token_bytes_table(model)
         if table:
             return [table[i].decode("utf-8", "replace") if 0 <= i < len(table) else "" for i in ids]
-        request = tokenizer_pb2.DecodeBatchRequest(items=[tokenizer_pb2.TokenIds(ids=[i]) for i in ids])
+        request = tokenizer_pb2.DecodeBatchRequest(items=[tokenizer_pb2.TokenIds(ids=[i]) for i in ids], model=model)
         with rpc_errors("tokenizer"):
             reply = await self.tokenizers[self._preferred].DecodeBatch(request, timeout=self.settings.rpc_timeout_s)
         return list(reply.texts)

@@ -75,7 +75,7 @@ class GenerationService:
         skip the cache, whose entries hold no log-probabilities).
         """
         run = await self._prepare(body, request_id, prompt_ids, logprobs)
-        self.metrics.prompt_tokens.inc(len(run.prompt_ids))
+        self.metrics.for_model(run.model.name).prompt_tokens.inc(len(run.prompt_ids))
         if run.cache_key is not None:
             hit = await self._lookup(run)
             if hit is not None:
@@ -94,8 +94,8 @@ class GenerationService:
         context_limits.check_settings(body.max_tokens, body.min_tokens, model)
         t0 = time.perf_counter()
         if given_ids is None:
-            context_limits.check_prompt_chars(body.text, model, await self.backends.max_chars_per_token())
-            prompt_ids = await self.backends.encode(body.text)
+            context_limits.check_prompt_chars(body.text, model, await self.backends.max_chars_per_token(model.name))
+            prompt_ids = await self.backends.encode(body.text, model.name)
         else:
             prompt_ids = list(given_ids)
             bad = [t for t in prompt_ids if not 0 <= t < model.vocab_size]
@@ -136,7 +136,7 @@ class GenerationService:
             result = "forged"
         else:
             result = "hit" if hit else "miss"
-        self.metrics.cache.labels(result).inc()
+        self.metrics.for_model(run.model.name).cache[result].inc()
         return hit
 
     async def _generate(self, run: _Run) -> AsyncIterator[TextDelta | Done]:
@@ -152,7 +152,7 @@ class GenerationService:
         )
         if run.logprobs:
             request = replace(request, sampling=replace(request.sampling, top_logprobs=run.logprobs))
-        decoder = await self.backends.decode_stream()
+        decoder = await self.backends.decode_stream(run.model.name)
         stopper = StopMatcher(body.stop)
         deltas: list[TextDelta] = []
         finish: FinishEvent | None = None
@@ -169,13 +169,13 @@ class GenerationService:
                     completion_tokens += 1
                     now = time.perf_counter()
                     if completion_tokens == 1:
-                        self.metrics.ttft.observe(now - run.started)
+                        self.metrics.for_model(run.model.name).ttft.observe(now - run.started)
                     else:
-                        self.metrics.itl.observe(now - last_token_at)
+                        self.metrics.for_model(run.model.name).itl.observe(now - last_token_at)
                     last_token_at = now
-                    self.metrics.generated_tokens.inc()
+                    self.metrics.for_model(run.model.name).generated_tokens.inc()
                     for t in event.partitions:
-                        self.metrics.partition_step.labels(str(t.partition)).observe(t.ms / 1000)
+                        self.metrics.for_model(run.model.name).partition_step(t.partition).observe(t.ms / 1000)
                         k = (t.partition, t.node_id)
                         run.partition_ms[k] = run.partition_ms.get(k, 0.0) + t.ms
                     # One delta per token, even when its text is held back (half a

@@ -22,7 +22,7 @@ from .edge_errors import edge_error, is_openai_path
 from .errors import ApiError
 from .ownership import current
 
-GENERATION_PATHS = frozenset({"/api/model/process", "/api/model/stream"})
+GENERATION_PATHS = frozenset({"/api/model/process", "/api/model/stream", "/api/model/parallel", "/api/model/pipeline"})
 # Buckets that have refilled are dropped once there are this many (open gateways see many addresses).
 PRUNE_AT = 10_000
 

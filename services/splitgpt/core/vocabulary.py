@@ -14,6 +14,10 @@ class TokenIdError(ValueError):
     """Token ids outside [0, vocab_size): a client's bug, reported, never dropped."""
 
 
+class ModelNotServed(LookupError):
+    """A request names a model whose tokenizer this service does not hold."""
+
+
 def check_token_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     """The ids as a list; TokenIdError if any is outside [0, vocab_size)."""
     ids = list(ids)

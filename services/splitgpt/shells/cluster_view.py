@@ -90,6 +90,8 @@ class Cluster:
         self._memory: dict[str, NodeMemory] = {}  # replica id -> its last Info's bytes, while SERVING
         self._next_info: dict[str, float] = {}  # replica id -> when to read its memory again
         self._removed: set[str] = set()  # replica ids an operator removed: not re-added from config or DNS
+        # One refresh at a time: the health loop's and a registration's would both add a new node.
+        self._refreshing = asyncio.Lock()
         self._clock = time.monotonic
 
     @property
@@ -104,6 +106,10 @@ class Cluster:
         return self.clients[replica.node_id]
 
     async def refresh_replicas(self) -> None:
+        async with self._refreshing:
+            await self._refresh_replicas()
+
+    async def _refresh_replicas(self) -> None:
         known = {r.node_id for r in self.router.replicas}
         for entry in self.config.nodes:
             scaled = entry.id in self._scaled

@@ -81,8 +81,9 @@ def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTimi
     return [coordinator_pb2.PartitionTiming(partition=t.partition, node_id=t.node_id, ms=t.ms) for t in items]
 
 
-def engine_factory(settings: CoordinatorSettings, observer: Callable[[], GenerationObserver]):
-    """What builds a split's engine once its model is known (from its last partition's Info)."""
+def engine_factory(settings: CoordinatorSettings, observer: Callable[[str], GenerationObserver]):
+    """What builds a split's engine once its model is known (from its last partition's Info);
+    `observer(name)`: the events' observer of the model served under that name."""
 
     def make(cluster: Cluster) -> GenerationEngine:
         m = cluster.model
@@ -98,7 +99,7 @@ def engine_factory(settings: CoordinatorSettings, observer: Callable[[], Generat
             max_queue=settings.max_queue,
             max_tenant_share=settings.max_tenant_share,
             unavailable_grace_s=settings.unavailable_grace_s,
-            observer=observer(),
+            observer=observer(cluster.config.served_name(settings.model_id)),
             relay=RelayClient() if settings.relay else None,
             prefix_index=PrefixIndex() if settings.prefix_cache else None,
         )
@@ -108,11 +109,14 @@ def engine_factory(settings: CoordinatorSettings, observer: Callable[[], Generat
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(
-        self, models: ServedModels, settings: CoordinatorSettings, observer: GenerationObserver = NO_GENERATION_OBSERVER
+        self,
+        models: ServedModels,
+        settings: CoordinatorSettings,
+        observer: Callable[[str], GenerationObserver] = lambda name: NO_GENERATION_OBSERVER,
     ) -> None:
         self.models = models
         self.settings = settings
-        self.observer = observer
+        self.observer = observer  # a model's observer by its served name
 
     @property
     def cluster(self) -> Cluster:
@@ -127,7 +131,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         model = self.models.get(request.model)
         engine = self.models.engine(model.current())
         if engine is None:
-            self.observer.rejected("unavailable")
+            self.observer(model.name).rejected("unavailable")
             raise GenerationError(
                 "unavailable", f"model {model.name} is still starting: none of its last-partition nodes is SERVING yet"
             )
@@ -276,10 +280,10 @@ async def start(settings: CoordinatorSettings) -> tuple[GrpcServer, asyncio.Task
     security = InternalSecurity.from_settings(settings)  # serves with it, and calls the nodes with it
     server = GrpcServer(SERVICE_NAME, settings.host, settings.port, security)
     metrics: list[CoordinatorMetrics] = []
-    models = ServedModels(config, settings, security, engine_factory(settings, lambda: metrics[0]))
+    models = ServedModels(config, settings, security, engine_factory(settings, lambda name: metrics[0].for_model(name)))
     servicer = CoordinatorServicer(models, settings)
     metrics.append(CoordinatorMetrics(models, settings.max_batch_size + settings.max_queue))
-    servicer.observer = metrics[0]
+    servicer.observer = metrics[0].for_model
     metrics_server = serve_metrics(
         metrics[0].registry, settings.metrics_host or settings.host, settings.metrics_port, "coordinator"
     )

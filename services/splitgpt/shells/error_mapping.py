@@ -33,7 +33,7 @@ from ..core.node_contract import (
     StepInputError,
     WrongPartition,
 )
-from ..core.vocabulary import TokenIdError
+from ..core.vocabulary import ModelNotServed, TokenIdError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (WrongPartition, Code.FAILED_PRECONDITION),
     (StepInputError, Code.INVALID_ARGUMENT),  # tensors.TensorFormatError is one
     (TokenIdError, Code.INVALID_ARGUMENT),
+    (ModelNotServed, Code.NOT_FOUND),
     (CacheBudgetExceeded, Code.RESOURCE_EXHAUSTED),
     (NodeNotReady, Code.UNAVAILABLE),
 )

@@ -224,8 +224,8 @@ class ServedModels:
         split = self._new_split(model_config.model_copy(update={"name": model.name}))
         model.splits.append(split)
         deadline = time.monotonic() + (timeout_s or ROLLOUT_TIMEOUT_S)
-        while not split.cluster.ready():
-            await split.cluster.probe_all()
+        self.changed.set()
+        while not split.cluster.ready():  # the health loop probes it with the others
             if time.monotonic() >= deadline:
                 model.splits.remove(split)
                 states = {r.node_id: r.status for r in split.cluster.router.replicas}

@@ -173,8 +173,8 @@ class OpenAIServing:
             if isinstance(p, str):
                 if not p:
                     raise ApiError(400, "invalid_prompt", "a prompt must not be empty", "prompt")
-                context_limits.check_prompt_chars(p, model, await self.backends.max_chars_per_token())
-                out.append(Prompt(await self.backends.encode(p), p))
+                context_limits.check_prompt_chars(p, model, await self.backends.max_chars_per_token(model.name))
+                out.append(Prompt(await self.backends.encode(p, model.name), p))
             else:
                 out.append(Prompt(list(p), None))
         return out
@@ -206,7 +206,7 @@ class OpenAIServing:
         return choices
 
     async def _decode(self, ids: list[int]) -> str:
-        decoder = await self.backends.decode_stream()
+        decoder = await self.backends.decode_stream((await self.backends.model_info(self.model)).name)
         try:
             return await decoder.push(ids) + await decoder.flush()
         finally:
@@ -240,7 +240,11 @@ class OpenAIServing:
         """OpenAI's legacy shape for the tokens of `deltas` (text held back to the end has no token)."""
         tokens = [d for d in deltas if d.token_id >= 0]
         ids = sorted({d.token_id for d in tokens} | {t for d in tokens for t, _ in d.top_logprobs})
-        names = dict(zip(ids, await self.backends.token_texts(ids), strict=True)) if ids else {}
+        names = (
+            dict(zip(ids, await self.backends.token_texts(ids, (await self.backends.model_info(self.model)).name), strict=True))
+            if ids
+            else {}
+        )
         out = CompletionLogprobs()
         offset = start_offset
         for d in tokens:
