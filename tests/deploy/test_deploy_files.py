@@ -317,7 +317,8 @@ def splitgpt_services(doc: dict) -> dict[str, dict]:
 
 def test_compose_services_use_the_one_image():
     doc = load_compose(COMPOSE)
-    assert set(splitgpt_services(doc)) == {"model-init", "tokenizer", "node-0", "node-1", "node-2", "coordinator", "api"}
+    nodes = {"node-0", "node-1", "node-2", "second-node-0", "second-node-1"}
+    assert set(splitgpt_services(doc)) == {"model-init", "tokenizer", *nodes, "coordinator", "api"}
     built = {name: s["build"] for name, s in doc["services"].items() if "build" in s}
     # model-init builds the image the other splitgpt services share; frontend, the web UI's own;
     # redis is built too (Debian's redis-server), never pulled
@@ -419,15 +420,22 @@ def test_compose_cluster_config_matches_the_nodes(monkeypatch):
     target = coordinator["configs"][0]["target"]
     assert compose_env(coordinator)["SPLITGPT_COORDINATOR_CLUSTER_CONFIG"] == target
     nodes = {n: s for n, s in splitgpt_services(doc).items() if argv_of(s.get("command"))[:1] == ["node"]}
-    assert len(nodes) == config.num_partitions == 3
-    by_address = {entry.address: entry for entry in config.nodes}
+    # Two models: the default on node-0..2, a second on second-node-0..1, each node in exactly one.
+    assert [len(m.nodes) for m in config.models] == [m.num_partitions for m in config.models] == [3, 2]
+    assert len(nodes) == sum(len(m.nodes) for m in config.models)
+    by_address = {entry.address: (model, entry) for model in config.models for entry in model.nodes}
     for name, service in nodes.items():
         settings = load_settings(settings_classes()["node"], compose_env(service), monkeypatch)
-        entry = by_address[f"{name}:{settings.port}"]
+        model, entry = by_address[f"{name}:{settings.port}"]
         assert (entry.id, entry.partition) == (settings.node_id, settings.partition)
-        assert settings.num_partitions == config.num_partitions
-        assert settings.split == config.split
+        assert settings.num_partitions == model.num_partitions
+        assert settings.split == model.split
+        # the node loads the checkpoint its model entry names (the default's: the coordinator's MODEL_ID)
+        assert settings.model_id == (model.model or compose_env(coordinator)["MODEL_ID"])
         assert service["stop_grace_period"], "nodes drain on SIGTERM"
+    tokenizer = compose_env(doc["services"]["tokenizer"])["SPLITGPT_TOKENIZER_MODELS"]
+    names = [name for name, _, _ in (pair.partition("=") for pair in tokenizer.split(","))]
+    assert names == [m.served_name(compose_env(coordinator)["MODEL_ID"]) for m in config.models], tokenizer
     api = compose_env(doc["services"]["api"])
     assert api["SPLITGPT_API_COORDINATOR_ADDRESS"] == f"coordinator:{compose_env(coordinator)['SPLITGPT_COORDINATOR_PORT']}"
     assert (
@@ -468,11 +476,12 @@ def compose_node_dtypes(monkeypatch, env: dict[str, str]) -> dict[str, str]:
 
 
 def test_compose_nodes_share_one_dtype_float32_unless_dtype_says(monkeypatch):
-    """A node refuses hidden states in another dtype than its own: DTYPE sets all three at once."""
+    """A node refuses hidden states in another dtype than its own: DTYPE sets every node's at once."""
     from splitgpt.launcher import NODE_DTYPES
 
+    nodes = ("node-0", "node-1", "node-2", "second-node-0", "second-node-1")
     for env, dtype in (({}, "float32"), ({"DTYPE": "bfloat16"}, "bfloat16")):
-        assert compose_node_dtypes(monkeypatch, env) == {"node-0": dtype, "node-1": dtype, "node-2": dtype}
+        assert compose_node_dtypes(monkeypatch, env) == dict.fromkeys(nodes, dtype)
         assert dtype in NODE_DTYPES
     assert "SPLITGPT_NODE_DTYPE" in load_compose(COMPOSE)["x-node-env"]
 
@@ -482,11 +491,13 @@ def test_compose_model_default_works_offline():
     init = doc["services"]["model-init"]
     script = " ".join(argv_of(init["command"]))
     assert "test -f /models/tiny-gpt2/config.json" in script and "splitgpt tiny-model /models/tiny-gpt2" in script
+    # the second model too: written by the same one-shot, in another geometry
+    assert "test -f /models/tiny-gpt2-wide/config.json" in script and "tiny-model /models/tiny-gpt2-wide --layers" in script
     for name, service in splitgpt_services(doc).items():
         env = compose_env(service)
         if name == "model-init" or "MODEL_ID" not in env or argv_of(service["command"])[0] == "coordinator":
             continue  # the coordinator learns the model from the nodes
-        assert env["MODEL_ID"] == "/models/tiny-gpt2"
+        assert env["MODEL_ID"] == ("/models/tiny-gpt2-wide" if name.startswith("second-") else "/models/tiny-gpt2")
         assert service["depends_on"]["model-init"]["condition"] == "service_completed_successfully", name
         mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
         assert mounts["/models"] == "models" and mounts[env["HF_HOME"]] == "hf-cache", name
@@ -620,7 +631,7 @@ def test_kustomize_builds_the_manifests():
         pytest.skip("kubectl is not installed (optional: the manifests are validated one by one above)")
     out = check([kubectl, "kustomize", str(K8S)])
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
-    assert kinds.count("StatefulSet") == 3 and "ConfigMap" in kinds
+    assert kinds.count("StatefulSet") == 5 and "ConfigMap" in kinds  # 3 partitions of one model, 2 of the other
 
 
 def test_k8s_environment_names_are_settings_fields_and_parse(monkeypatch):
@@ -678,21 +689,28 @@ def test_k8s_cluster_config_matches_the_partition_statefulsets(monkeypatch):
     docs = k8s_docs()
     headless = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"}
     sets = [d for d in docs if d["kind"] == "StatefulSet"]
-    assert len(sets) == config.num_partitions
+    # Two models: the default in 3 partitions, tiny-wide in 2; one StatefulSet per partition of each.
+    assert [m.num_partitions for m in config.models] == [3, 2]
+    assert len(sets) == sum(m.num_partitions for m in config.models)
+    by_address = {entry.address: (i, model, entry) for i, model in enumerate(config.models) for entry in model.nodes}
     partitions = set()
+    model_id = configmaps["splitgpt-model"]["MODEL_ID"]
     for sts in sets:
         (c,) = sts["spec"]["template"]["spec"]["containers"]
         settings = load_settings(settings_classes()["node"], k8s_env(c, configmaps), monkeypatch)
         assert sts["spec"]["replicas"] == 2
         service = headless[sts["spec"]["serviceName"]]
-        entries = [n for n in config.nodes if n.partition == settings.partition]
-        assert len(entries) == 1, f"{sts['metadata']['name']} serves partition {settings.partition}: cluster.json has {entries}"
-        (entry,) = entries
-        assert entry.address == f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+        # the Service selects this model's pods of this partition only
+        assert service["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"], sts["metadata"]["name"]
+        i, model, entry = by_address[f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"]
+        assert entry.partition == settings.partition, f"{sts['metadata']['name']} serves partition {settings.partition}"
         assert service["spec"]["ports"][0]["port"] == settings.port
-        assert settings.num_partitions == config.num_partitions and settings.split == config.split
-        partitions.add(settings.partition)
-    assert partitions == set(range(config.num_partitions))
+        assert settings.num_partitions == model.num_partitions and settings.split == model.split
+        assert settings.model_id == (model.model or model_id), sts["metadata"]["name"]
+        partitions.add((i, settings.partition))
+    assert partitions == {(i, p) for i, m in enumerate(config.models) for p in range(m.num_partitions)}
+    tokenizer_models = configmaps["splitgpt-model"]["SPLITGPT_TOKENIZER_MODELS"]
+    assert [pair.partition("=")[0] for pair in tokenizer_models.split(",")] == [m.served_name(model_id) for m in config.models]
     # one dtype for every partition (a node refuses hidden states in another), float32 as shipped
     dtypes = {k8s_env(sts["spec"]["template"]["spec"]["containers"][0], configmaps).get("SPLITGPT_NODE_DTYPE") for sts in sets}
     assert dtypes == {"float32"}, "each node manifest sets SPLITGPT_NODE_DTYPE, the same in all"

@@ -39,7 +39,8 @@ def test_the_tls_override_matches_the_compose_spec_schema():
 
 def test_the_tls_override_wires_every_grpc_service_and_the_gateway(monkeypatch, tmp_path):
     base, override = load_compose(COMPOSE)["services"], load_compose(TLS_OVERRIDE)
-    assert set(override["services"]) == {"tokenizer", "node-0", "node-1", "node-2", "coordinator", "api"}
+    nodes = {"node-0", "node-1", "node-2", "second-node-0", "second-node-1"}
+    assert set(override["services"]) == {"tokenizer", *nodes, "coordinator", "api"}
     for name, service in override["services"].items():
         subcommand = argv_of(base[name]["command"])[0]
         env = {**compose_env(base[name]), **compose_env(service)}

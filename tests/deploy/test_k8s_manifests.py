@@ -260,7 +260,7 @@ def test_pods_meet_the_restricted_pod_security_standard(base, monitoring):
 def test_each_partition_and_the_gateway_have_a_disruption_budget_of_their_own(base):
     budgets = of_kind(base, "PodDisruptionBudget")
     sets = of_kind(base, "StatefulSet")
-    assert len(sets) == 3, "node-0, node-1, node-2"
+    assert len(sets) == 5, "node-0, node-1, node-2, second-node-0, second-node-1"
     guarded = list(sets.values()) + [of_kind(base, "Deployment")["splitgpt-api"]]
     for workload in guarded:
         name = workload["metadata"]["name"]
@@ -445,7 +445,7 @@ def test_k8s_prometheus_maps_the_pods_to_the_dashboards_job_names(base, monitori
             found[key] = labels["pod"]
     assert found == expected
     assert {job for job, _ in found} == set(JOBS.values())
-    assert len({pod for (job, _), pod in found.items() if job == "splitgpt-node"}) == 3, "every partition"
+    assert len({pod for (job, _), pod in found.items() if job == "splitgpt-node"}) == 5, "every partition of both models"
     if ALERTS.is_file():
         used = set(re.findall(r'job="(splitgpt-[^"]+)"', ALERTS.read_text()))
         assert used <= set(JOBS.values()), f"alerts.yml names jobs this config does not make: {sorted(used - set(JOBS.values()))}"

@@ -75,9 +75,10 @@ class ClusterConfig(BaseModel):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"node ids must be unique over all models: {repeated} repeat")
+        # The first may name nothing: it is then named by the coordinator's MODEL_ID.
         names = [m.name or m.model for m in self.models]
-        if None in names and len(self.models) > 1:
-            raise ValueError("with several models, each needs a `name` or a `model`")
+        if None in names[1:]:
+            raise ValueError("with several models, each after the first needs a `name` or a `model`")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
         return self

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ..core.cluster_config import ClusterConfig, ModelConfig
+from ..core.cluster_config import ClusterConfig, ModelConfig, NodeEntry
 from ..core.engine import FinishEvent, GenerationEngine, GenerationError, GenerationRequest, PartitionTiming
 from ..core.engine_observer import NO_GENERATION_OBSERVER, GenerationObserver
 from ..core.prefix_cache import PrefixIndex
@@ -32,7 +32,7 @@ from .grpc_runtime import GrpcServer
 from .internal_auth import InternalSecurity, InternalSecurityError, InternalSecuritySettings
 from .metrics_http import MetricsPortError, serve_metrics
 from .relay_client import RelayClient
-from .served_models import ServedModel, ServedModels, Split, entries
+from .served_models import ServedModel, ServedModels, Split
 
 log = logging.getLogger("splitgpt.coordinator")
 SERVICE_NAME = "splitgpt.v1.Coordinator"
@@ -81,6 +81,10 @@ def _timings(items: list[PartitionTiming]) -> list[coordinator_pb2.PartitionTimi
     return [coordinator_pb2.PartitionTiming(partition=t.partition, node_id=t.node_id, ms=t.ms) for t in items]
 
 
+def _entries(nodes) -> list[NodeEntry]:
+    return [NodeEntry(id=n.id, address=n.address, partition=n.partition) for n in nodes]
+
+
 def engine_factory(settings: CoordinatorSettings, observer: Callable[[str], GenerationObserver]):
     """What builds a split's engine once its model is known (from its last partition's Info);
     `observer(name)`: the events' observer of the model served under that name."""
@@ -117,15 +121,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.models = models
         self.settings = settings
         self.observer = observer  # a model's observer by its served name
-
-    @property
-    def cluster(self) -> Cluster:
-        """The default model's current split (what a single-model cluster is)."""
-        return self.models.default.current().cluster
-
-    @property
-    def engine(self) -> GenerationEngine | None:
-        return self.models.default.current().engine
 
     async def Generate(self, request, context):
         model = self.models.get(request.model)
@@ -264,7 +259,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Rollout(self, request, context):
         try:
             config = ModelConfig(
-                num_partitions=request.num_partitions, split=request.split or "even", nodes=entries(request.nodes)
+                num_partitions=request.num_partitions, split=request.split or "even", nodes=_entries(request.nodes)
             )
         except ValueError as exc:
             raise GenerationError("invalid", f"rollout: {exc}") from None

@@ -18,13 +18,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..core.cluster_config import ClusterConfig, ModelConfig, NodeEntry
+from ..core.cluster_config import ClusterConfig, ModelConfig
 from ..core.engine import GenerationEngine, GenerationError
 from ..core.migration import DrainProgress
 from ..core.routing import Replica
 from .cluster_view import Cluster, NodeRefused, new_step_table
 from .internal_auth import InternalSecurity
+
+if TYPE_CHECKING:  # the settings' module imports this one
+    from .coordinator_service import CoordinatorSettings
 
 log = logging.getLogger("splitgpt.coordinator")
 
@@ -74,7 +78,7 @@ class ServedModels:
     def __init__(
         self,
         config: ClusterConfig,
-        settings,
+        settings: CoordinatorSettings,
         security: InternalSecurity | None,
         make_engine: Callable[[Cluster], GenerationEngine],
     ) -> None:
@@ -257,7 +261,3 @@ class ServedModels:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def entries(nodes) -> list[NodeEntry]:
-    return [NodeEntry(id=n.id, address=n.address, partition=n.partition) for n in nodes]
