@@ -39,8 +39,9 @@ VALID = st.fixed_dictionaries(
     },
 )
 
-# What a hostile body may get (429 only if the queue were full). Not 5xx: the cluster is up and idle, so even 503/504 would be a defect.
-ALLOWED = {200, 400, 413, 415, 422, 429}
+# What a hostile body may get (404 for a model name the cluster does not serve; 429 only if the
+# queue were full). Not 5xx: the cluster is up and idle, so even 503/504 would be a defect.
+ALLOWED = {200, 400, 404, 413, 415, 422, 429}
 
 bodies = st.one_of(
     VALID,

@@ -43,7 +43,7 @@ async def test_an_unreachable_tokenizer_is_asked_again_after_a_while(backends, m
     assert isinstance(await backends.decode_stream(), DecodeStream)
     assert isinstance(await backends.decode_stream(), DecodeStream)
     assert unreachable.asked == 1  # not once per request: each would wait out its deadline
-    monkeypatch.setattr(backends, "_token_bytes_retry_at", 0.0)  # the while has passed
+    monkeypatch.setattr(backends._token_tables[""], "retry_at", 0.0)  # the while has passed
 
     class WithTable:
         async def GetTokenBytes(self, request, timeout=None):

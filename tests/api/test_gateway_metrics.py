@@ -26,7 +26,14 @@ GATEWAY_FAMILIES = {
     "splitgpt_cache_lookups_total": "counter",
     "splitgpt_cache_operation_duration_seconds": "histogram",
 }
-ENDPOINTS = ("/api/model/process", "/api/model/stream", "/v1/completions", "/v1/chat/completions")
+ENDPOINTS = (
+    "/api/model/process",
+    "/api/model/stream",
+    "/api/model/parallel",
+    "/api/model/pipeline",
+    "/v1/completions",
+    "/v1/chat/completions",
+)
 # The generation families, by model; the HTTP request families are by endpoint only.
 BY_MODEL = (
     "splitgpt_generated_tokens_total",
@@ -110,6 +117,10 @@ def test_every_generation_endpoint_is_counted_timed_and_done(gateway, model):
     r = gateway.post(
         "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "Four"}], "max_tokens": 2}
     )
+    assert r.status_code == 200, r.text
+    r = gateway.post("/api/model/parallel", json={"text": "Five", "models": [model], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    r = gateway.post("/api/model/pipeline", json={"input": "Six", "stages": [{"prompt": "{input}", "max_tokens": 2}]})
     assert r.status_code == 200, r.text
     after = metrics_of(gateway)
     for endpoint in ENDPOINTS:

@@ -142,9 +142,10 @@ def test_prometheus_scrapes_every_service_and_every_replica():
     expected = {
         "splitgpt-tokenizer": ["tokenizer"],
         "splitgpt-coordinator": ["coordinator"],
-        "splitgpt-node": sorted(name for name in services if re.fullmatch(r"node-\d+", name)),
+        # Every model's nodes: the first model's node-N and the second's second-node-N.
+        "splitgpt-node": sorted(name for name in services if re.fullmatch(r"(second-)?node-\d+", name)),
     }
-    assert len(expected["splitgpt-node"]) == 3
+    assert len(expected["splitgpt-node"]) == 5
     for name, dns_names in expected.items():
         job = jobs[name]
         assert "static_configs" not in job, f"{name}: DNS discovery finds every replica; no fixed target"

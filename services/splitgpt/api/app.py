@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
@@ -24,7 +22,7 @@ from .disconnect import unless_disconnected
 from .error_handlers import error_responses, install_error_handlers
 from .errors import ApiError
 from .fan_out import FanOut
-from .generation import Done, GenerationService, TextDelta
+from .generation import GenerationService
 from .management_routes import management_router
 from .metrics import ApiMetrics, ErrorAnswers, GenerationRequestMetrics
 from .multi_model_routes import multi_model_router
@@ -44,6 +42,7 @@ from .schemas import (
 )
 from .settings import ApiSettings
 from .shutdown import drain
+from .sse import generation_events
 
 log = logging.getLogger("splitgpt.api")
 
@@ -154,7 +153,9 @@ def _routes() -> APIRouter:
         # that leaves before it ends the generation at once.
         first = await unless_disconnected(request, anext(events))
         return StreamingResponse(
-            _sse(first, events, generation.metrics), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            generation_events(first, events, generation.metrics),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
         )
 
     @router.get("/api/health", tags=["ops"], response_model=HealthResponse)
@@ -198,26 +199,3 @@ def _routes() -> APIRouter:
         return CancelResponse(request_id=request_id, cancelled=True)
 
     return router
-
-
-async def _sse(first: TextDelta | Done, rest: AsyncIterator[TextDelta | Done], metrics: ApiMetrics) -> AsyncIterator[str]:
-    async def all_events():
-        yield first
-        async for event in rest:
-            yield event
-
-    try:
-        async for event in all_events():
-            if isinstance(event, TextDelta):
-                yield _event("token", {"text": event.text, "token_id": event.token_id, "index": event.index})
-            else:
-                yield _event("done", event.response.model_dump())
-    except ApiError as exc:  # the status line is gone: the error travels as an event
-        metrics.error(exc.type)
-        yield _event("error", exc.body())
-    finally:
-        await rest.aclose()
-
-
-def _event(name: str, data: dict) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

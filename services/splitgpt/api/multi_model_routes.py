@@ -7,7 +7,6 @@ every generation it started when the client goes away.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -19,7 +18,6 @@ from .disconnect import unless_disconnected
 from .error_handlers import error_responses
 from .errors import ApiError
 from .fan_out import FanOut
-from .generation import TextDelta
 from .metrics import ApiMetrics
 from .multi_model import FirstStream, MultiModelService
 from .multi_model_schemas import (
@@ -32,6 +30,7 @@ from .multi_model_schemas import (
 )
 from .rate_limit import charge_generations
 from .shutdown import drain
+from .sse import generation_events, sse_event
 
 # What a request across models can be refused with (besides 413/500, on every route).
 ERRORS = error_responses(400, 404, 415, 422, 429, 502, 503, 504)
@@ -119,27 +118,12 @@ def _charge(request: Request, fan_out: FanOut, generations: int, field: str) -> 
 
 
 async def _sse(race: FirstStream, metrics: ApiMetrics) -> AsyncIterator[str]:
+    """`start` (the winner, the models cancelled), then the winner's events as /api/model/stream sends them."""
     rest = drain.cut_stream(race.rest)
-
-    async def events():
-        yield race.first
-        async for event in rest:
-            yield event
-
-    try:
+    try:  # closed however this ends, a client gone after `start` included: that cancels the winner
         start = ParallelStreamStart(model=race.model, index=race.index, cancelled=race.cancelled)
-        yield _event("start", start.model_dump())
-        async for event in events():
-            if isinstance(event, TextDelta):
-                yield _event("token", {"text": event.text, "token_id": event.token_id, "index": event.index})
-            else:
-                yield _event("done", event.response.model_dump())
-    except ApiError as exc:  # the status line is gone: the error travels as an event
-        metrics.error(exc.type)
-        yield _event("error", exc.body())
+        yield sse_event("start", start.model_dump())
+        async for chunk in generation_events(race.first, rest, metrics):
+            yield chunk
     finally:
         await rest.aclose()
-
-
-def _event(name: str, data: dict) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, create_model, field_validator
 
 from ..core.cluster_config import MODEL_NAME_PATTERN
 from .json_values import UnicodeText
-from .schemas import ProcessRequest, ProcessResponse, StreamToken, stop_list
+from .schemas import ProcessRequest, ProcessResponse, StreamToken, sse_schema, stop_list
 
 MAX_MODELS = 8
 MAX_STAGES = 8
@@ -144,29 +144,16 @@ class PipelineResponse(BaseModel):
 
 
 def parallel_sse_schema() -> dict:
-    """One server-sent event of a parallel stream (OpenAPI 3.1: per event)."""
-
-    def event(name: str, data: dict, description: str) -> dict:
-        return {
-            "description": description,
-            "properties": {"event": {"const": name}, "data": {"contentMediaType": "application/json", "contentSchema": data}},
-        }
-
-    return {
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"type": "string", "enum": ["start", "token", "done", "error"]},
-            "data": {"type": "string"},
-        },
-        "oneOf": [
-            event("start", ParallelStreamStart.model_json_schema(), "The first event: the winner, and the models cancelled."),
-            event("token", StreamToken.model_json_schema(), "One per token the winner generates, in order."),
-            event("done", {"$ref": "#/components/schemas/ProcessResponse"}, "The last event: the winner's whole response."),
-            event(
+    """One server-sent event of a parallel stream."""
+    return sse_schema(
+        [
+            ("start", ParallelStreamStart.model_json_schema(), "The first event: the winner, and the models cancelled."),
+            ("token", StreamToken.model_json_schema(), "One per token the winner generates, in order."),
+            ("done", {"$ref": "#/components/schemas/ProcessResponse"}, "The last event: the winner's whole response."),
+            (
                 "error",
                 {"$ref": "#/components/schemas/ErrorResponse"},
                 "The last event, instead of `done`, when the winner fails after the 200 status line.",
             ),
-        ],
-    }
+        ]
+    )

@@ -107,8 +107,9 @@ class StreamToken(BaseModel):
     index: int
 
 
-def sse_event_schema() -> dict:
-    """One server-sent event of /api/model/stream (OpenAPI 3.1: `schema` of text/event-stream is per event)."""
+def sse_schema(events: list[tuple[str, dict, str]]) -> dict:
+    """One server-sent event of a stream whose events are (name, data schema, when) (OpenAPI 3.1:
+    the `schema` of text/event-stream is per event)."""
 
     def event(name: str, data: dict, description: str) -> dict:
         return {
@@ -119,17 +120,24 @@ def sse_event_schema() -> dict:
     return {
         "type": "object",
         "required": ["event", "data"],
-        "properties": {"event": {"type": "string", "enum": ["token", "done", "error"]}, "data": {"type": "string"}},
-        "oneOf": [
-            event("token", StreamToken.model_json_schema(), "One per generated token, in order."),
-            event("done", {"$ref": "#/components/schemas/ProcessResponse"}, "The last event: the whole response."),
-            event(
+        "properties": {"event": {"type": "string", "enum": [name for name, _, _ in events]}, "data": {"type": "string"}},
+        "oneOf": [event(*e) for e in events],
+    }
+
+
+def sse_event_schema() -> dict:
+    """One server-sent event of /api/model/stream."""
+    return sse_schema(
+        [
+            ("token", StreamToken.model_json_schema(), "One per generated token, in order."),
+            ("done", {"$ref": "#/components/schemas/ProcessResponse"}, "The last event: the whole response."),
+            (
                 "error",
                 {"$ref": "#/components/schemas/ErrorResponse"},
                 "The last event, instead of `done`, when the generation fails after the 200 status line.",
             ),
-        ],
-    }
+        ]
+    )
 
 
 class ErrorBody(BaseModel):
