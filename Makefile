@@ -19,7 +19,7 @@ DTYPE ?= float32
 UP_FLAGS ?=
 TINY_MODEL := models/tiny-gpt2
 
-.PHONY: install stubs up test test-fast lint bench bench-failover soak tiny-model up-tiny clean
+.PHONY: install stubs up test test-fast lint bench bench-failover bench-migration soak tiny-model up-tiny clean
 
 install: $(INSTALLED)
 
@@ -75,14 +75,18 @@ bench: stubs
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	HF_HUB_OFFLINE=1 $(BIN)/splitgpt bench $(BENCH_FLAGS)
 
-# What a failover costs one request: the serving middle replica killed mid-generation.
 # The soak and overload tests at length: SOAK_BLOCKS thousands of mixed requests (make test runs 3).
 SOAK_BLOCKS ?= 20
 soak: stubs
 	HF_HUB_OFFLINE=1 SPLITGPT_SOAK_BLOCKS=$(SOAK_BLOCKS) $(BIN)/python -m pytest -s tests/test_soak.py
 
+# What a failover costs one request: the serving middle replica killed mid-generation.
 bench-failover: stubs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m splitgpt.bench.failover $(BENCH_FLAGS)
+
+# What a drain costs the requests on the drained node (K/V moved), against removing it (K/V rebuilt).
+bench-migration: stubs
+	HF_HUB_OFFLINE=1 $(BIN)/python -m splitgpt.bench.migration $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(STUBS) $(STUBS:_pb2.py=_pb2_grpc.py) $(STUBS:.py=.pyi) run

@@ -174,3 +174,22 @@ def test_big_model_mode_reports_each_nodes_memory_the_speed_ratios_and_prefix_re
     for line in ("partition 0: weights", "partition 1: weights", "of the checkpoint), resident", "of HF's)",
                  "shared prefix (48 shared tokens", "target <= 0.3", "prompt tokens reused"):  # fmt: skip
         assert line in text, text
+
+
+def test_migration_bench_drains_and_removes_under_streams_and_compares_the_stalls(tiny_checkpoint, tmp_path):
+    """`python -m splitgpt.bench.migration` on the tiny checkpoint: the three runs and what
+    it reports, not how long anything stalled (its GPT-2-small figures are in the README)."""
+    out = tmp_path / "migration.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "splitgpt.bench.migration", "--model", str(tiny_checkpoint), "--streams", "4",
+         "--prompt-words", "16", "--new-tokens", "96", "--after", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["texts_equal_undisturbed"] and figures["drain_recomputed"] == 0
+    assert figures["drain_moved"] >= 1 and len(figures["drain_pause_ms"]) == figures["drain_moved"]
+    assert len(figures["drain_stall_s"]) == len(figures["remove_stall_s"]) == 4
+    assert figures["drain_over_remove_median_stall"] > 0 and figures["kv_mb_per_sequence_about"] > 0
+    for line in ("drain  (K/V transferred)", "remove (K/V rebuilt)", "drain / remove, median stall"):
+        assert line in proc.stdout, proc.stdout

@@ -19,6 +19,8 @@ import time
 
 import httpx
 import pytest
+import torch
+from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 from splitgpt.bench.local_stack import Stack
 from splitgpt.core.tiny_model import write_checkpoint
@@ -34,6 +36,16 @@ SCREENSHOTS = ROOT / "run" / "ui-screenshots"
 NEVER = "\u2400never"
 SECOND = "second"  # the other model's name: `splitgpt up --model ... --model second=DIR`
 CORDON_NODE = "m1-part2-r1"  # a replica of the second model (ids of the k-th other model: m{k}-part{p}-r{r})
+
+
+def hf_text(checkpoint, prompt: str, max_new_tokens: int) -> str:
+    """The unpartitioned Hugging Face model's greedy text: what the page must show, per model."""
+    tokenizer = GPT2TokenizerFast.from_pretrained(checkpoint)
+    model = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=50256)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def wait_for_page(url: str, timeout_s: float = 60) -> None:
@@ -64,7 +76,7 @@ def ui_stack(long_context_checkpoint, built_frontend, tmp_path):
     try:
         stack.wait_ready()
         wait_for_page(f"http://127.0.0.1:{stack.ui_port}/")
-        yield stack
+        yield stack, {"": long_context_checkpoint, SECOND: second}
     finally:
         code = stack.stop()
         assert code == 0, stack.log_path.read_text()[-3000:]
@@ -72,15 +84,18 @@ def ui_stack(long_context_checkpoint, built_frontend, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_the_page_streams_shows_the_split_marks_a_dead_node_and_stops_a_request(ui_stack, chromium):
-    stack = ui_stack
+    stack, checkpoints = ui_stack
+    # What the page must show for each model: the API's greedy text, itself Hugging Face's.
     r = httpx.post(f"{stack.url}/api/model/process", json={"text": PROMPT, "stop": [NEVER]}, timeout=60)
     assert r.status_code == 200, r.text
     expected = r.json()["generated_text"]
     assert expected, "the tiny model generated nothing to compare"
+    assert expected == hf_text(checkpoints[""], PROMPT, r.json()["usage"]["completion_tokens"])
     r = httpx.post(f"{stack.url}/api/model/process", json={"text": PROMPT, "model": SECOND, "stop": [NEVER]}, timeout=60)
     assert r.status_code == 200 and r.json()["model"] == SECOND, r.text
     expected_second = r.json()["generated_text"]
     assert expected_second and expected_second != expected, f"the second model's text is no test: {expected_second!r}"
+    assert expected_second == hf_text(checkpoints[SECOND], PROMPT, r.json()["usage"]["completion_tokens"])
 
     env = {
         **os.environ,
