@@ -189,7 +189,11 @@ def test_migration_bench_drains_and_removes_under_streams_and_compares_the_stall
     figures = json.loads(out.read_text())
     assert figures["texts_equal_undisturbed"] and figures["drain_recomputed"] == 0
     assert figures["drain_moved"] >= 1 and len(figures["drain_pause_ms"]) == figures["drain_moved"]
+    assert figures["drain_moved_direct"] == figures["drain_moved"]  # loopback: every target reads its source
+    assert figures["carried_moved"] >= 1 and figures["carried_moved_direct"] == figures["carried_recomputed"] == 0
+    assert figures["node_to_node_over_carried_median_pause"] > 0
     assert len(figures["drain_stall_s"]) == len(figures["remove_stall_s"]) == 4
     assert figures["drain_over_remove_median_stall"] > 0 and figures["kv_mb_per_sequence_about"] > 0
-    for line in ("drain  (K/V transferred)", "remove (K/V rebuilt)", "drain / remove, median stall"):
+    for line in ("drain  (K/V transferred)", "drain, K/V through the coordinator", "remove (K/V rebuilt)",
+                 "drain / remove, median stall", "node to node / through the coordinator, median pause"):  # fmt: skip
         assert line in proc.stdout, proc.stdout

@@ -1,11 +1,13 @@
 """Live migration over real gRPC: ExportSession from one node, ImportSession into a
-replica of its partition, and the session goes on there exactly; a stream that is
-not one session's whole export is INVALID_ARGUMENT and changes nothing."""
+replica of its partition (or PullSession, the replica reading the export itself),
+and the session goes on there exactly; a stream that is not one session's whole
+export is INVALID_ARGUMENT and changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -13,11 +15,19 @@ import pytest
 import pytest_asyncio
 import torch
 
-from splitgpt.core.node_contract import CacheMiss, SequenceStep, SessionSnapshot, StepBatch, StepInputError
+from splitgpt.core.node_contract import (
+    CacheMiss,
+    SequenceStep,
+    SessionSnapshot,
+    SessionSourceFailed,
+    StepBatch,
+    StepInputError,
+)
 from splitgpt.rpc import common_pb2, node_pb2
 from splitgpt.shells.convert import tensor_to_proto
 from splitgpt.shells.node_client import GrpcNodeClient
 from splitgpt.shells.node_service import NodeSettings, PartitionNodeServicer, load_engine, start
+from splitgpt.shells.session_pull import CONNECT_TIMEOUT_S
 
 PROMPT = [15496, 11, 616, 1438, 318]
 N_CTX, KV_BUDGET = 128, 1024  # the tiny checkpoint's context; the nodes' budget
@@ -60,23 +70,58 @@ async def export_chunks(client: GrpcNodeClient, sid: str) -> list[node_pb2.Sessi
     return [chunk async for chunk in client.stub.ExportSession(node_pb2.ExportSessionRequest(session_id=sid))]
 
 
+async def through_the_caller(source: GrpcNodeClient, target: GrpcNodeClient, sid: str) -> int:
+    snapshot = await source.export_session(sid)
+    return await target.import_session(sid, snapshot)
+
+
+async def node_to_node(source: GrpcNodeClient, target: GrpcNodeClient, sid: str) -> int:
+    return await target.pull_session(sid, source.address)
+
+
 @on_module_loop
-async def test_a_session_moved_to_replicas_continues_exactly(nodes):
+@pytest.mark.parametrize("move", [through_the_caller, node_to_node])
+async def test_a_session_moved_to_replicas_continues_exactly(nodes, move):
     a0, b0, a1, b1 = nodes["a0"], nodes["b0"], nodes["a1"], nodes["b1"]
-    position, hidden = await generate(a0, a1, "m", decode_steps=3)
+    sid = f"m-{move.__name__}"
+    position, hidden = await generate(a0, a1, sid, decode_steps=3)
     for source, target in ((a0, b0), (a1, b1)):
-        snapshot = await source.export_session("m")
-        assert snapshot.length == position
-        assert await target.import_session("m", snapshot) == position
+        assert await move(source, target, sid) == position
     for _ in range(4):  # each replica gets what its source gets, and answers the same, to the bit
-        batch = StepBatch([SequenceStep("m", position, 1)], hidden)
+        batch = StepBatch([SequenceStep(sid, position, 1)], hidden)
         mid_a, mid_b = await a0.step(batch), await b0.step(batch)
         assert torch.equal(mid_a.hidden, mid_b.hidden)
         batch = StepBatch(batch.sequences, mid_a.hidden)
         out_a, out_b = await a1.step(batch), await b1.step(batch)
         assert out_a.token_ids == out_b.token_ids and torch.equal(out_a.next_input, out_b.next_input)
         position, hidden = position + 1, out_a.next_input
-    assert torch.equal(await b0.outputs("m", 0, position), await a0.outputs("m", 0, position))
+    assert torch.equal(await b0.outputs(sid, 0, position), await a0.outputs(sid, 0, position))
+
+
+@on_module_loop
+async def test_a_pull_from_an_unreadable_source_is_aborted_a_missing_session_a_miss_a_misfit_refused(nodes):
+    """ABORTED (SessionSourceFailed) says the source could not be read, not that the
+    node pulling failed: the coordinator then moves the session through itself. A
+    session the source does not hold is a cache miss, as its export says; a source
+    of another partition is refused as an import of its export would be, and the
+    target's session stays."""
+    a0, b0, a1 = nodes["a0"], nodes["b0"], nodes["a1"]
+    with pytest.raises(CacheMiss, match="ghost"):
+        await b0.pull_session("ghost", a0.address)  # the source does not hold it: as its own export says
+    started = time.monotonic()
+    with pytest.raises(SessionSourceFailed, match="127.0.0.1:1"):
+        await b0.pull_session("ghost", "127.0.0.1:1")  # nothing listens there
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S + 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b0.stub.PullSession(node_pb2.PullSessionRequest(session_id="ghost", source_address="127.0.0.1:1"))
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    await generate(a0, a1, "x", decode_steps=1)
+    await generate(b0, nodes["b1"], "x", decode_steps=0)
+    held = await b0.export_session("x")
+    with pytest.raises(StepInputError):
+        await b0.pull_session("x", a1.address)  # the last partition's session, into partition 0
+    after = await b0.export_session("x")
+    assert after.length == held.length and torch.equal(after.kv[0], held.kv[0])
 
 
 @on_module_loop

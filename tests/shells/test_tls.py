@@ -2,7 +2,8 @@
 
 A real tokenizer server (the tiny checkpoint's vocabulary) serves TLS; clients
 with the right CA and client certificate are served, a client certificate from
-another CA, none at all, or plain text is refused. Last, the whole stack
+another CA, none at all, or plain text is refused. Nodes read each other's
+sessions (a drain, node to node) over it. Last, the whole stack
 (`splitgpt up --tls`) answers a generation over mutual TLS with the token.
 """
 
@@ -15,6 +16,7 @@ import sys
 import grpc
 import httpx
 import pytest
+import torch
 
 from splitgpt.rpc import node_pb2, node_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 from splitgpt.shells.grpc_runtime import client_channel, insecure_channel, probe_health
@@ -136,6 +138,43 @@ async def test_splitgpt_probe_works_over_mutual_tls_by_flags_or_environment(tiny
         assert plain.returncode == 1 and "UNREACHABLE" in plain.stdout
     finally:
         await server.stop(0)
+
+
+async def test_a_node_pulls_a_session_from_its_peer_over_mutual_tls_and_one_without_a_client_cert_cannot(tiny_checkpoint, pki):
+    """Live migration node to node (shells.session_pull) under mTLS and the token: a node
+    with the calling side set reads its peer's session exactly; one without a client
+    certificate cannot connect, which is ABORTED (SessionSourceFailed), and the
+    coordinator would carry that session itself."""
+    from splitgpt.core.node_contract import SequenceStep, SessionSourceFailed, StepBatch
+    from splitgpt.shells.node_client import GrpcNodeClient
+    from splitgpt.shells.node_service import NodeSettings
+    from splitgpt.shells.node_service import start as start_node
+
+    def node(node_id: str, calls_peers: bool) -> NodeSettings:
+        calling = {"tls_ca": pki.ca, "tls_client_cert": pki.client_cert, "tls_client_key": pki.client_key}
+        return NodeSettings(
+            model_id=str(tiny_checkpoint), node_id=node_id, partition=0, num_partitions=1, port=0, kv_max_tokens=1024,
+            internal_token=TOKEN, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca,
+            **(calling if calls_peers else {}),
+        )  # fmt: skip
+
+    servers = {i: await start_node(node(i, calls_peers=i != "lone")) for i in ("a", "b", "lone")}
+    clients = {i: GrpcNodeClient(f"127.0.0.1:{s.port}", timeout_s=10, security=client(pki)) for i, s in servers.items()}
+    try:
+        a, b = clients["a"], clients["b"]
+        hidden = (await a.embed([([15496, 11, 616], 0)]))[0]
+        first = await a.step(StepBatch([SequenceStep("t", 0, 3)], hidden))
+        assert await b.pull_session("t", a.address) == 3
+        step = StepBatch([SequenceStep("t", 3, 1)], first.next_input)
+        on_a, on_b = await a.step(step), await b.step(step)
+        assert on_a.token_ids == on_b.token_ids and torch.equal(on_a.next_input, on_b.next_input)
+        with pytest.raises(SessionSourceFailed):
+            await clients["lone"].pull_session("t", a.address)
+    finally:
+        for c in clients.values():
+            await c.close()
+        for server in servers.values():
+            await server.stop(0)
 
 
 @pytest.mark.system

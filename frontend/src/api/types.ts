@@ -93,6 +93,7 @@ export interface ClusterState {
 export interface DrainReport {
   node_id: string;
   moved: number; // sequences whose K/V went to another replica
+  moved_direct: number; // of those, read by the other replica from the node itself (not through the coordinator)
   recomputed: number; // sequences rebuilt elsewhere
   pause_ms: number[];
   max_pause_ms: number;

@@ -141,7 +141,7 @@ describe("ClusterPanel", () => {
 
   it("drains only after a confirmation, then shows the drain report", async () => {
     const user = userEvent.setup();
-    const report = { node_id: "part0-r1", moved: 3, recomputed: 0, pause_ms: [2.5, 11.25, 4], max_pause_ms: 11.25, removed: true };
+    const report = { node_id: "part0-r1", moved: 3, moved_direct: 2, recomputed: 0, pause_ms: [2.5, 11.25, 4], max_pause_ms: 11.25, removed: true };
     const api = nodeApi(() => json(report));
     render(<ClusterPanel cluster={live()} tasks={[]} ownRequestId={null} admin />);
     await user.click(screen.getByRole("button", { name: "Drain part0-r1" }));
@@ -164,7 +164,7 @@ describe("ClusterPanel", () => {
     api.release();
     const note = await screen.findByTestId("drain-report-part0-r1");
     expect(note).toHaveAttribute("role", "status");
-    expect(note).toHaveTextContent("part0-r1 drained: 3 moved (K/V transferred), 0 recomputed, longest pause 11.3 ms. It has left the cluster.");
+    expect(note).toHaveTextContent("part0-r1 drained: 3 moved (K/V transferred, 2 node to node), 0 recomputed, longest pause 11.3 ms. It has left the cluster.");
     // In its partition's box, where the replica was.
     expect(note.closest(".partition")).toContainElement(screen.getByTestId("replica-part0-r0"));
     await user.click(screen.getByRole("button", { name: "Dismiss the drain report of part0-r1" }));

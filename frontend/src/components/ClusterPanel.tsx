@@ -174,7 +174,7 @@ function OutcomeNote({ outcome, onDismiss }: { outcome: Outcome; onDismiss: () =
   return (
     <div className={`notice${report.removed ? "" : " notice-warn"}`} role="status" data-testid={`drain-report-${report.node_id}`}>
       <p>
-        <strong>{report.node_id} drained:</strong> {report.moved} moved (K/V transferred), {report.recomputed} recomputed, longest pause{" "}
+        <strong>{report.node_id} drained:</strong> {report.moved} moved (K/V transferred, {report.moved_direct} node to node), {report.recomputed} recomputed, longest pause{" "}
         {ms(report.max_pause_ms)}.{" "}
         {report.removed ? "It has left the cluster." : "The timeout passed with requests still on it: it stays cordoned."}
       </p>

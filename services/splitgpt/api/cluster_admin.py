@@ -45,7 +45,7 @@ class ClusterAdmin:
         pauses = [round(ms, 3) for ms in report.pause_ms]
         return DrainResponse(
             node_id=report.node_id, moved=report.moved, recomputed=report.recomputed, pause_ms=pauses,
-            max_pause_ms=max(pauses, default=0.0), removed=report.removed,
+            max_pause_ms=max(pauses, default=0.0), removed=report.removed, moved_direct=report.moved_direct,
         )  # fmt: skip
 
     async def rollout(self, model: str, body: RolloutRequest) -> RolloutResponse:

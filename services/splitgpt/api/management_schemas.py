@@ -29,6 +29,10 @@ class DrainRequest(_Strict):
 class DrainResponse(BaseModel):
     node_id: str
     moved: int = Field(description="Sequences whose K/V was transferred to another replica.")
+    moved_direct: int = Field(
+        description="Of `moved`, those the other replica read from the node itself (node to node); "
+        "the rest went through the coordinator (the nodes could not reach each other)."
+    )
     recomputed: int = Field(description="Sequences rebuilt on another replica (the node could not export them).")
     pause_ms: list[float] = Field(description="Per moved sequence: how long it did not step while it moved.")
     max_pause_ms: float

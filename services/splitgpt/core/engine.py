@@ -48,6 +48,7 @@ from .node_contract import (
     NodeClient,
     NodeFailed,
     SequenceStep,
+    SessionSourceFailed,
     StepBatch,
     StepFailed,
 )
@@ -145,12 +146,16 @@ class GenerationEngine:
         observer: GenerationObserver = NO_GENERATION_OBSERVER,
         relay: ChainClient | None = None,
         prefix_index: PrefixIndex | None = None,
+        pull_sessions: bool = True,
     ) -> None:
         self.router = router
         self.client_for = client_for
         # Relay: the nodes pass a step's rows along the chain themselves (two legs
         # per token for the coordinator, not two per partition); None: the star.
         self.relay = relay
+        # Live migration: the target replica reads a moving session from the source
+        # itself (`_pull`); False: the coordinator always carries it.
+        self.pull_sessions = pull_sessions
         # Prefix reuse (core.prefix_cache): what each node kept of earlier prompts; None: off.
         self.prefix_index = prefix_index
         self.eos_token_id = eos_token_id
@@ -437,7 +442,8 @@ class GenerationEngine:
 
     async def _migrate(self, seq: _Sequence, started: float) -> None:
         """Move the sequence off every draining replica of its chain (core.migration): its
-        session exported there and imported into another replica of the partition. Where
+        session read by another replica of the partition from the draining one (`_pull`),
+        or else exported there and imported into the other through the coordinator. Where
         the source cannot export, the target rebuilds it (`lose`); where no other replica
         is usable, or the target fails, it stays and tries again at its next iteration."""
         for p, source in enumerate(seq.chain):
@@ -448,21 +454,24 @@ class GenerationEngine:
             except NoHealthyReplica:
                 continue
             progress = self.drain_progress(source)
-            transferred = False
+            transferred = direct = False
             if seq.position > 0 and not seq.reuse_blocks:  # else it holds nothing there yet
-                try:
-                    snapshot = await self._unless_down(source, self.client_for(source).export_session(seq.session_id))
-                except (CacheMiss, NodeFailed) as exc:
-                    log.info("%s cannot export %s (%s): rebuilt on %s", source.node_id, seq.session_id, exc, target.node_id)
-                    seq.lose(p)
-                    progress.recomputed += 1
-                else:
+                pull = self.pull_sessions and target.node_id not in progress.unpullable
+                direct = transferred = pull and await self._pull(seq, source, target)
+                if not direct:
                     try:
-                        await self._unless_down(target, self.client_for(target).import_session(seq.session_id, snapshot))
-                    except (CacheMiss, NodeFailed, ValueError) as exc:  # the target is at fault: try another later
-                        log.warning("%s refused %s's K/V: %s", target.node_id, seq.session_id, exc)
-                        continue
-                    transferred = True
+                        snapshot = await self._unless_down(source, self.client_for(source).export_session(seq.session_id))
+                    except (CacheMiss, NodeFailed) as exc:
+                        log.info("%s cannot export %s (%s): rebuilt on %s", source.node_id, seq.session_id, exc, target.node_id)
+                        seq.lose(p)
+                        progress.recomputed += 1
+                    else:
+                        try:
+                            await self._unless_down(target, self.client_for(target).import_session(seq.session_id, snapshot))
+                        except (CacheMiss, NodeFailed, ValueError) as exc:  # the target is at fault: try another later
+                            log.warning("%s refused %s's K/V: %s", target.node_id, seq.session_id, exc)
+                            continue
+                        transferred = True
             if seq.done:  # cancelled meanwhile: its releases went to the old chain
                 self._release_in_background(target, seq.session_id)
                 return
@@ -471,9 +480,27 @@ class GenerationEngine:
             seconds = time.perf_counter() - started
             if transferred:
                 seq.migrations += 1
-                progress.record_moved(seconds)
+                progress.record_moved(seconds, direct)
             self.observer.migrated(p, seconds, transferred)
             log.info("moved %s from %s to %s in %.1f ms", seq.session_id, source.node_id, target.node_id, seconds * 1000)
+
+    async def _pull(self, seq: _Sequence, source: Replica, target: Replica) -> bool:
+        """The target reads the session from the source itself, node to node. False
+        where it cannot, for any reason (no route between the nodes, the source
+        gone, the target refusing): then the coordinator moves the session through
+        itself (`_migrate`), which tells those cases apart."""
+        try:
+            await self._unless_down(target, self.client_for(target).pull_session(seq.session_id, source.address))
+        except SessionSourceFailed as exc:
+            log.info("%s could not read from %s (%s): this drain moves its sequences through the coordinator",
+                     target.node_id, source.node_id, exc)  # fmt: skip
+            self.drain_progress(source).unpullable.add(target.node_id)
+            return False
+        except (CacheMiss, NodeFailed, ValueError) as exc:
+            log.info("%s could not pull %s from %s (%s): moving it through the coordinator", target.node_id,
+                     seq.session_id, source.node_id, exc)  # fmt: skip
+            return False
+        return True
 
     async def _inputs(self, batch: list[_Sequence]) -> dict[_Sequence, torch.Tensor]:
         """Each sequence's rows into partition 0: its next token's embedding, or

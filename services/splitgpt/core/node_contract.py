@@ -89,6 +89,12 @@ class NodeClient(Protocol):
         snapshot does not fit this node's partition, dtype, context or budget."""
         ...
 
+    async def pull_session(self, session_id: str, source_address: str) -> int:
+        """import_session of the export of the replica at `source_address`, which this
+        node reads itself (node to node); CacheMiss if the source does not hold the
+        session, SessionSourceFailed if this node cannot read the source."""
+        ...
+
 
 class ChainClient(Protocol):
     """Relay: one step through a whole chain of nodes, which pass the rows on
@@ -131,6 +137,12 @@ class WrongPartition(Exception):
 
 class NodeNotReady(Exception):
     """The node is up but has not loaded its weights yet."""
+
+
+class SessionSourceFailed(Exception):
+    """A node told to pull a session from another replica could not reach or read
+    it (the source is gone, or this node cannot or may not call it): the
+    coordinator moves the session through itself instead, which tells those apart."""
 
 
 class NodeFailed(Exception):

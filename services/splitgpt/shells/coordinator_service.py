@@ -64,6 +64,11 @@ class CoordinatorSettings(InternalSecuritySettings):
     # Relay: the nodes pass each step's rows along the chain themselves and the last
     # answers (shells.relay); off: the coordinator calls every partition in turn.
     relay: bool = True
+    # Live migration (core.migration): the replica taking a drained sequence reads its
+    # K/V from the draining node itself; off: the coordinator carries it (for networks
+    # where nodes may not call each other and drop what they try, which would cost a
+    # drain a connect timeout before it falls back).
+    migration_pull: bool = True
     # Prefix reuse (core.prefix_cache): nodes keep prompt blocks, later prompts that
     # start with them skip their prefill (7.7x faster first token on a shared
     # 400-token prefix, gpt2-xl). Off by default: at 0% hits it cost 1-5% time to
@@ -105,6 +110,7 @@ def engine_factory(settings: CoordinatorSettings, observer: Callable[[str], Gene
             unavailable_grace_s=settings.unavailable_grace_s,
             observer=observer(cluster.config.served_name(settings.model_id)),
             relay=RelayClient() if settings.relay else None,
+            pull_sessions=settings.migration_pull,
             prefix_index=PrefixIndex() if settings.prefix_cache else None,
         )
 
@@ -253,7 +259,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         outcome = await self.models.drain(request.node_id, request.timeout_s)
         return coordinator_pb2.DrainReport(
             node_id=outcome.node_id, moved=outcome.progress.moved, recomputed=outcome.progress.recomputed,
-            pause_ms=outcome.progress.pause_ms, removed=outcome.removed,
+            pause_ms=outcome.progress.pause_ms, removed=outcome.removed, moved_direct=outcome.progress.moved_direct,
         )  # fmt: skip
 
     async def Rollout(self, request, context):

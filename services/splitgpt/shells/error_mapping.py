@@ -29,6 +29,7 @@ from ..core.node_contract import (
     CacheMiss,
     NodeFailed,
     NodeNotReady,
+    SessionSourceFailed,
     StepFailed,
     StepInputError,
     WrongPartition,
@@ -48,6 +49,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ModelNotServed, Code.NOT_FOUND),
     (CacheBudgetExceeded, Code.RESOURCE_EXHAUSTED),
     (NodeNotReady, Code.UNAVAILABLE),
+    (SessionSourceFailed, Code.ABORTED),  # a pull's source, not this node: move it another way
 )
 STATUS_FOR_GENERATION_KIND: dict[str, grpc.StatusCode] = {
     "invalid": Code.INVALID_ARGUMENT,
@@ -78,7 +80,8 @@ def error_from_status(code: grpc.StatusCode, details: str, address: str) -> Exce
     INVALID_ARGUMENT is a malformed step: a bug that another replica would
     refuse alike, so it fails the requests instead of failing over. INTERNAL
     is the node failing on this step while up (StepFailed: retried once, the
-    node stays in). Anything else (unreachable, deadline, draining) is the node failing.
+    node stays in). ABORTED is a pull whose source failed, not the node
+    (SessionSourceFailed). Anything else (unreachable, deadline, draining) is the node failing.
     """
     if code == Code.FAILED_PRECONDITION:
         return CacheMiss({}, f"{address}: {details}")
@@ -86,6 +89,8 @@ def error_from_status(code: grpc.StatusCode, details: str, address: str) -> Exce
         return StepInputError(f"{address}: {details}")
     if code == Code.INTERNAL:
         return StepFailed(f"{address}: {details}")
+    if code == Code.ABORTED:
+        return SessionSourceFailed(f"{address}: {details}")
     return NodeFailed(f"{address}: {code.name}: {details}")
 
 

@@ -70,6 +70,10 @@ class GrpcNodeClient:
     async def import_session(self, session_id: str, snapshot: SessionSnapshot) -> int:
         return (await self._call(self.stub.ImportSession, session_chunks(session_id, snapshot))).length
 
+    async def pull_session(self, session_id: str, source_address: str) -> int:
+        request = node_pb2.PullSessionRequest(session_id=session_id, source_address=source_address)
+        return (await self._call(self.stub.PullSession, request)).length
+
     async def _call(self, method, request, timeout_s: float | None = None):
         try:
             return await method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)

@@ -41,6 +41,7 @@ from .metrics_http import MetricsPortError, serve_metrics
 from .node_client import SnapshotReader, session_chunks
 from .node_metrics import NodeMetrics
 from .relay import Listeners, PeerLinks, PeerUnreachable, StreamWriter
+from .session_pull import read_session
 
 log = logging.getLogger("splitgpt.node")
 SERVICE_NAME = "splitgpt.v1.PartitionNode"
@@ -339,6 +340,14 @@ class PartitionNodeServicer(node_pb2_grpc.PartitionNodeServicer):
         session_id, snapshot = reader.snapshot()
         return node_pb2.ImportSessionResponse(length=await self._run(self.engine.import_session, session_id, snapshot))
 
+    async def PullSession(self, request, context):
+        """ImportSession of the source replica's export, read from it here (shells.session_pull)."""
+        layers = self.engine.partition.n_local_layers
+        snapshot = await read_session(
+            self.peers.security, request.source_address, request.session_id, layers, context.time_remaining()
+        )
+        return node_pb2.ImportSessionResponse(length=await self._run(self.engine.import_session, request.session_id, snapshot))
+
 
 # Hidden states travel as float32 at most (core.tensors).
 WIRE_BYTES_PER_VALUE = 4
@@ -379,7 +388,7 @@ async def start(settings: NodeSettings, executor: Executor | None = None) -> Grp
         log.warning(
             "%s serves TLS but cannot call other nodes over it: set SPLITGPT_TLS_CA, SPLITGPT_TLS_CLIENT_CERT and "
             "SPLITGPT_TLS_CLIENT_KEY here as on the coordinator, or relayed steps from this node fall back to the "
-            "coordinator's star (slower)",
+            "coordinator's star, and sessions drained to it travel through the coordinator (both slower)",
             settings.node_id,
         )
     server.add(node_pb2_grpc.add_PartitionNodeServicer_to_server, servicer)
