@@ -20,11 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 from splitgpt.bench.local_stack import Stack, free_port_base
 from splitgpt.core.tiny_model import write_checkpoint
+from tests.hf_reference import hf_text_of
 from tests.metrics_text import scrape
 
 pytestmark = pytest.mark.system  # starts real services as processes
@@ -66,14 +66,6 @@ def stack(tiny_checkpoint, second_checkpoint, tmp_path_factory):
         for process in stack.extra_nodes:
             process.wait(timeout=20)
         stack.stop()
-
-
-def hf_text(hf, model: str, prompt: str, max_new_tokens: int) -> str:
-    tokenizer, models = hf
-    ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = models[model].generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=50256)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def process(url: str, prompt: str, max_tokens: int, model: str | None = None, **extra) -> httpx.Response:
@@ -124,7 +116,7 @@ def test_two_models_each_greedy_identical_to_its_own_hf_model_through_api_and_v1
     listed = httpx.get(f"{stack.url}/api/models").json()["models"]
     assert [(m["name"], m["n_layer"], m["ready"]) for m in listed] == [(str(tiny_checkpoint), 4, True), ("second", 6, True)]
     for prompt in PROMPTS:
-        tiny, second = hf_text(hf, "tiny", prompt, 20), hf_text(hf, "second", prompt, 20)
+        tiny, second = hf_text_of(hf, "tiny", prompt, 20), hf_text_of(hf, "second", prompt, 20)
         assert tiny != second  # two different models: a mix-up cannot pass
         assert process(stack.url, prompt, 20).json()["generated_text"] == tiny
         answer = process(stack.url, prompt, 20, model="second").json()
@@ -173,7 +165,7 @@ def test_a_node_registered_at_run_time_takes_requests_and_a_wrong_one_is_refused
     # With the configured replica cordoned, the model's requests go through the new node.
     assert httpx.post(f"{stack.url}/api/nodes/m1-part1-r0/cordon").json()["lifecycle"] == "cordoned"
     answer = process(stack.url, PROMPTS[1], 12, model="second").json()
-    assert answer["generated_text"] == hf_text(hf, "second", PROMPTS[1], 12)
+    assert answer["generated_text"] == hf_text_of(hf, "second", PROMPTS[1], 12)
     assert "second-p1-extra" in {t["node"] for t in answer["timings"]["partitions"]}
     assert httpx.post(f"{stack.url}/api/nodes/m1-part1-r0/uncordon").json()["lifecycle"] == "online"
     listed = nodes(stack)["second-p1-extra"]
@@ -214,7 +206,7 @@ def test_draining_a_replica_under_16_streams_moves_their_kv_and_fails_none(stack
           f"median {sorted(report['pause_ms'])[len(report['pause_ms']) // 2]:.1f} ms")  # fmt: skip
     assert [a.status_code for a in answers] == [200] * 16
     for prompt, answer in zip(prompts, answers, strict=True):
-        assert answer.json()["generated_text"] == hf_text(hf, "second", prompt, 100)
+        assert answer.json()["generated_text"] == hf_text_of(hf, "second", prompt, 100)
     assert prefill_tokens(target_metrics) == before  # nothing recomputed there
     assert "m1-part1-r0" not in nodes(stack)
 
@@ -251,12 +243,12 @@ def test_rolling_a_model_from_3_to_4_partitions_under_load_fails_no_request(stac
     assert sorted(rolled.json()["retiring"]) == ["part0-r0", "part1-r0", "part2-r0"]
     assert len(results) > 12 and [r.status_code for _, r in results] == [200] * len(results)
     for prompt, answer in results:
-        assert answer.json()["generated_text"] == hf_text(hf, "tiny", prompt, 16)
+        assert answer.json()["generated_text"] == hf_text_of(hf, "tiny", prompt, 16)
     deadline = time.monotonic() + 30
     while {n for n, v in nodes(stack).items() if v["model"] == str(tiny_checkpoint)} != {n["id"] for n in new_nodes}:
         assert time.monotonic() < deadline, nodes(stack)
         time.sleep(0.2)
     answer = process(stack.url, PROMPTS[2], 16).json()
-    assert answer["generated_text"] == hf_text(hf, "tiny", PROMPTS[2], 16)
+    assert answer["generated_text"] == hf_text_of(hf, "tiny", PROMPTS[2], 16)
     assert {t["node"] for t in answer["timings"]["partitions"]} == {n["id"] for n in new_nodes}
     assert httpx.get(f"{stack.url}/api/ready").status_code == 200

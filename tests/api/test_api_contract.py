@@ -7,9 +7,9 @@ import time
 
 import httpx
 import pytest
-import torch
 from transformers import AutoTokenizer
 
+from tests.hf_reference import hf_text
 from tests.metrics_text import Scrape, scrape
 
 PROMPTS = ["Hello, my name is", "The quick brown fox", "In 1969, the first", "naïve café 👋 世界"]
@@ -18,14 +18,6 @@ PROMPTS = ["Hello, my name is", "The quick brown fox", "In 1969, the first", "na
 @pytest.fixture(scope="module")
 def hf_tokenizer(tiny_checkpoint):
     return AutoTokenizer.from_pretrained(tiny_checkpoint)
-
-
-def hf_text(hf_model, hf_tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """What one Hugging Face process generates greedily (stopping at EOS like we do)."""
-    ids = hf_tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = hf_model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=50256)
-    return hf_tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

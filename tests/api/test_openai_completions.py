@@ -10,7 +10,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from .test_api_contract import hf_text
+from tests.hf_reference import hf_text
 
 PROMPT = "The quick brown fox"
 

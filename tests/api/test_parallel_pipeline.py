@@ -14,12 +14,12 @@ import time
 
 import httpx
 import pytest
-import torch
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 from splitgpt.bench.local_stack import Stack
 from splitgpt.core.tiny_model import write_checkpoint
 from tests.api.error_shape import error_of
+from tests.hf_reference import hf_text_of
 from tests.metrics_text import scrape
 
 pytestmark = pytest.mark.system  # starts real services as processes
@@ -65,14 +65,6 @@ def tiny(tiny_checkpoint) -> str:
     return str(tiny_checkpoint)
 
 
-def hf_text(hf, model: str, prompt: str, max_new_tokens: int) -> str:
-    tokenizer, models = hf
-    ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = models[model].generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=50256)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
 def post(stack: Stack, path: str, body: dict | str, **headers: str) -> httpx.Response:
     content = body if isinstance(body, str) else json.dumps(body)
     return httpx.post(f"{stack.url}{path}", content=content, headers={"content-type": "application/json", **headers}, timeout=120)
@@ -97,7 +89,7 @@ def test_parallel_all_answers_every_models_own_greedy_text_in_the_order_asked(st
     results = answer["results"]
     assert [x["model"] for x in results] == ["second", tiny]
     assert [x["request_id"] for x in results] == ["par-all.m0", "par-all.m1"]
-    expected = [hf_text(hf, "second", prompt, 16), hf_text(hf, tiny, prompt, 16)]
+    expected = [hf_text_of(hf, "second", prompt, 16), hf_text_of(hf, tiny, prompt, 16)]
     assert expected[0] != expected[1]  # two different models: a mix-up cannot pass
     assert [x["generated_text"] for x in results] == expected
     assert all(x["usage"]["completion_tokens"] == 16 and not x["cached"] for x in results)
@@ -105,7 +97,7 @@ def test_parallel_all_answers_every_models_own_greedy_text_in_the_order_asked(st
 
 def test_parallel_first_answers_the_first_to_finish_and_cancels_the_other(stack, hf, tiny):
     prompt = "A race between two models"
-    second_text, tiny_text = hf_text(hf, "second", prompt, 48), hf_text(hf, tiny, prompt, 48)
+    second_text, tiny_text = hf_text_of(hf, "second", prompt, 48), hf_text_of(hf, tiny, prompt, 48)
     # A stop string early in the second model's text and nowhere in the tiny one's: the second
     # model finishes after a few tokens, the tiny one has dozens to go when it is cancelled.
     at = next(
@@ -146,7 +138,7 @@ def test_a_parallel_stream_streams_the_first_model_to_yield_a_token(stack, hf, t
     assert ["second", tiny][start["index"]] == winner and done["model"] == winner
     assert done["request_id"] == f"race-stream.m{start['index']}"
     text = "".join(data["text"] for name, data in events if name == "token")
-    assert text == done["generated_text"] == hf_text(hf, winner, prompt, 12)
+    assert text == done["generated_text"] == hf_text_of(hf, winner, prompt, 12)
     deadline = time.monotonic() + 10
     while running_tasks(stack):
         assert time.monotonic() < deadline, running_tasks(stack)
@@ -167,10 +159,10 @@ def test_a_pipeline_feeds_each_stage_the_earlier_texts(stack, hf, tiny):
     answer = r.json()
     first, second = answer["stages"]
     assert first["prompt"] == f"{question}:" and first["model"] == "second" and first["request_id"] == "pipe.s0"
-    assert first["generated_text"] == hf_text(hf, "second", first["prompt"], 8)
+    assert first["generated_text"] == hf_text_of(hf, "second", first["prompt"], 8)
     assert second["prompt"] == "Q: {" + question + "} A:" + first["generated_text"] + " B:"
     assert second["model"] == tiny and second["request_id"] == "pipe.s1"
-    assert second["generated_text"] == hf_text(hf, tiny, second["prompt"], 10)
+    assert second["generated_text"] == hf_text_of(hf, tiny, second["prompt"], 10)
     assert answer["output"] == second["generated_text"]
     assert len(answer["timings"]["stages_ms"]) == 2 and answer["timings"]["total_ms"] >= sum(answer["timings"]["stages_ms"])
 

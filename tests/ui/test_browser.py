@@ -19,11 +19,11 @@ import time
 
 import httpx
 import pytest
-import torch
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 from splitgpt.bench.local_stack import Stack
 from splitgpt.core.tiny_model import write_checkpoint
+from tests.hf_reference import hf_text
 
 from .conftest import FRONTEND, ROOT
 
@@ -38,14 +38,10 @@ SECOND = "second"  # the other model's name: `splitgpt up --model ... --model se
 CORDON_NODE = "m1-part2-r1"  # a replica of the second model (ids of the k-th other model: m{k}-part{p}-r{r})
 
 
-def hf_text(checkpoint, prompt: str, max_new_tokens: int) -> str:
+def hf_text_of_checkpoint(checkpoint, prompt: str, max_new_tokens: int) -> str:
     """The unpartitioned Hugging Face model's greedy text: what the page must show, per model."""
-    tokenizer = GPT2TokenizerFast.from_pretrained(checkpoint)
     model = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
-    ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=50256)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    return hf_text(model, GPT2TokenizerFast.from_pretrained(checkpoint), prompt, max_new_tokens)
 
 
 def wait_for_page(url: str, timeout_s: float = 60) -> None:
@@ -90,12 +86,12 @@ def test_the_page_streams_shows_the_split_marks_a_dead_node_and_stops_a_request(
     assert r.status_code == 200, r.text
     expected = r.json()["generated_text"]
     assert expected, "the tiny model generated nothing to compare"
-    assert expected == hf_text(checkpoints[""], PROMPT, r.json()["usage"]["completion_tokens"])
+    assert expected == hf_text_of_checkpoint(checkpoints[""], PROMPT, r.json()["usage"]["completion_tokens"])
     r = httpx.post(f"{stack.url}/api/model/process", json={"text": PROMPT, "model": SECOND, "stop": [NEVER]}, timeout=60)
     assert r.status_code == 200 and r.json()["model"] == SECOND, r.text
     expected_second = r.json()["generated_text"]
     assert expected_second and expected_second != expected, f"the second model's text is no test: {expected_second!r}"
-    assert expected_second == hf_text(checkpoints[SECOND], PROMPT, r.json()["usage"]["completion_tokens"])
+    assert expected_second == hf_text_of_checkpoint(checkpoints[SECOND], PROMPT, r.json()["usage"]["completion_tokens"])
 
     env = {
         **os.environ,

@@ -27,6 +27,7 @@ import httpx
 from ..core.tiny_model import GPT2_SMALL, write_checkpoint
 from .local_stack import Stack, scraped
 from .machine import cpu_facts, cpu_line
+from .sse_stream import stream_tokens
 
 ROWS = "splitgpt_node_tokens_processed_total"
 FAST_HEALTH = {"SPLITGPT_COORDINATOR_HEALTH_INTERVAL_S": "0.3", "SPLITGPT_COORDINATOR_STEP_TIMEOUT_S": "60"}
@@ -57,23 +58,6 @@ def node_rows(stack: Stack) -> dict[str, float]:
     return rows
 
 
-def stream(stack: Stack, body: dict, on_token) -> list[float]:
-    """The request over SSE: each token's arrival time; `on_token(n)` after the n-th."""
-    times = []
-    with httpx.stream("POST", f"{stack.url}/api/model/stream", json=body, timeout=600) as r:
-        r.raise_for_status()
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "error":
-                raise RuntimeError(line[6:])
-            elif line.startswith("data: ") and event == "token" and json.loads(line[6:])["token_id"] >= 0:
-                times.append(time.perf_counter())
-                on_token(len(times))
-    return times
-
-
 def run(stack: Stack, args: argparse.Namespace, kill: bool, tag: str) -> dict:
     """One request; with `kill`, the middle partition's replica that serves it is
     killed as its `kill_after`-th token arrives (no polling: it would load the stack)."""
@@ -90,7 +74,7 @@ def run(stack: Stack, args: argparse.Namespace, kill: bool, tag: str) -> dict:
             os.kill(pids[killed[0]], signal.SIGKILL)
 
     started = time.perf_counter()
-    times = stream(stack, body, on_token)
+    times, _ = stream_tokens(stack.url, body, on_token)
     after = node_rows(stack)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     return {
@@ -115,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         stack = Stack(args.model, Path(run_dir), args.partitions, replicas=2, env=env, extra_args=["--dtype", args.dtype])
         try:
             stack.wait_ready(timeout_s=1800)
-            stream(stack, {"text": "warm up", "max_tokens": 4}, lambda n: None)
+            stream_tokens(stack.url, {"text": "warm up", "max_tokens": 4})
             clean = run(stack, args, kill=False, tag="clean")
             fault = run(stack, args, kill=True, tag="fault")
         finally:

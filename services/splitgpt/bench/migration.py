@@ -38,6 +38,7 @@ from ..core.tiny_model import GPT2_SMALL, write_checkpoint
 from .failover import FAST_HEALTH
 from .local_stack import Stack
 from .machine import cpu_facts, cpu_line
+from .sse_stream import stream_tokens
 
 # Common English words that are one GPT-2 token each (with their leading space), so
 # a prompt of N of them is N tokens long plus its "Stream i:" label.
@@ -61,24 +62,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     p.add_argument("--run-dir", type=Path, default=None, help="keep the stack's logs here (default: a temporary directory)")
     return p.parse_args(argv)
-
-
-def stream_times(url: str, body: dict) -> tuple[list[float], str]:
-    """One request over SSE: each token's arrival time, and the whole text."""
-    times, text = [], ""
-    with httpx.stream("POST", f"{url}/api/model/stream", json=body, timeout=600) as r:
-        r.raise_for_status()
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "error":
-                raise RuntimeError(line[6:])
-            elif line.startswith("data: ") and event == "token" and json.loads(line[6:])["token_id"] >= 0:
-                times.append(time.perf_counter())
-            elif line.startswith("data: ") and event == "done":
-                text = json.loads(line[6:])["generated_text"]
-    return times, text
 
 
 def wait_until_decoding(url: str, runs: list[concurrent.futures.Future], after: int, timeout_s: float = 600) -> list[dict]:
@@ -123,7 +106,7 @@ def run(stack: Stack, args: argparse.Namespace, event: str) -> dict:
     report = None
     print(f"run {event!r}: {args.streams} streams", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.streams) as pool:
-        runs = [pool.submit(stream_times, api, body) for body in bodies]
+        runs = [pool.submit(stream_tokens, api, body) for body in bodies]
         tasks = wait_until_decoding(api, runs, args.after)
         if not all(moved in t["chain"] for t in tasks):
             raise RuntimeError(f"not every stream runs on {moved}: {[t['chain'] for t in tasks]}")
@@ -179,7 +162,7 @@ def measure(args: argparse.Namespace, run_dir: Path, pull: bool, events: list[st
     stack = Stack(args.model, run_dir, args.partitions, replicas=2, env=env, extra_args=["--dtype", args.dtype])
     try:
         stack.wait_ready(timeout_s=1800)
-        stream_times(stack.url, {"text": "warm up", "max_tokens": 4})
+        stream_tokens(stack.url, {"text": "warm up", "max_tokens": 4})
         return {event: run(stack, args, event) for event in events}
     finally:
         stack.stop()
