@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from ..core.tiny_model import GPT2_SMALL, write_checkpoint
+from .checkpoints import ensure_gpt2_small
 from .local_stack import Stack, scraped
 from .machine import cpu_facts, cpu_line
 from .sse_stream import stream_tokens
@@ -90,9 +90,7 @@ def run(stack: Stack, args: argparse.Namespace, kill: bool, tag: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print(cpu_line(cpu_facts()), flush=True)
-    if not (args.model / "config.json").exists():
-        print(f"writing a random GPT-2-small checkpoint to {args.model}", flush=True)
-        write_checkpoint(args.model, **GPT2_SMALL)
+    ensure_gpt2_small(args.model)
     with tempfile.TemporaryDirectory() as temporary:
         run_dir = args.run_dir or temporary
         env = {**FAST_HEALTH, "SPLITGPT_COORDINATOR_ROUTING": "round_robin"}

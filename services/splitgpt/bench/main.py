@@ -33,6 +33,7 @@ import httpx
 
 from ..core.tensors import DTYPES
 from ..core.tiny_model import GPT2_SMALL, write_checkpoint
+from .checkpoints import ensure_gpt2_small
 from .hf_baseline import HFBaseline
 from .load import run_load
 from .local_stack import Stack
@@ -438,9 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     dtypes = choose_dtypes(args.dtypes, cpu)
     levels = [int(c) for c in args.curve.split(",") if c.strip()]
     curve_dtypes = set(dtypes) if args.curve_dtypes.strip() == "all" else {d.strip() for d in args.curve_dtypes.split(",")}
-    if not (args.model / "config.json").exists():
-        print(f"writing a random GPT-2-small checkpoint to {args.model}", flush=True)
-        write_checkpoint(args.model, **GPT2_SMALL)
+    ensure_gpt2_small(args.model)
     if not (args.tiny_model / "config.json").exists():
         print(f"writing a tiny random GPT-2 checkpoint to {args.tiny_model}", flush=True)
         write_checkpoint(args.tiny_model, n_layer=6, n_embd=64, n_head=4, n_positions=1024)

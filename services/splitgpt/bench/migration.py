@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 from transformers import GPT2Config
 
-from ..core.tiny_model import GPT2_SMALL, write_checkpoint
+from .checkpoints import ensure_gpt2_small
 from .failover import FAST_HEALTH
 from .local_stack import Stack
 from .machine import cpu_facts, cpu_line
@@ -175,9 +175,7 @@ def pauses(report: dict) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print(cpu_line(cpu_facts()), flush=True)
-    if not (args.model / "config.json").exists():
-        print(f"writing a random GPT-2-small checkpoint to {args.model}", flush=True)
-        write_checkpoint(args.model, **GPT2_SMALL)
+    ensure_gpt2_small(args.model)
     with tempfile.TemporaryDirectory() as temporary:
         run_dir = Path(args.run_dir or temporary)
         print("stack 1: a drain's target reads the K/V from the drained node", flush=True)
